@@ -1,0 +1,79 @@
+"""A toy task plugin for the core's tests: a small MLP on synthetic data, no files, seconds to train."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketx import training
+from ticketx.task import Masks, MetricSpec, Observer, Plan, TaskError
+
+
+class ToyTask:
+    """Classify 16-d Gaussian points labelled by a fixed random teacher network (4 classes)."""
+
+    metrics = MetricSpec()
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        unknown = set(options) - {"hidden", "n_train", "fail_at_step"}
+        if unknown:
+            raise TaskError(f"unknown toy option(s): {sorted(unknown)}")
+        self.name = name
+        self.hidden = int(options.get("hidden", 32))
+        self.fail_at_step = int(options.get("fail_at_step", -1))  # raise mid-training: a killed job
+        g = torch.Generator().manual_seed(1234)
+        n = int(options.get("n_train", 1024))
+        x = torch.randn(n + 512 + 512, 16, generator=g)
+        teacher = torch.randn(16, 4, generator=g)
+        y = (x @ teacher).argmax(dim=1)
+        self.train_x, self.train_y = x[:n], y[:n]
+        self.splits = {"val": (x[n : n + 512], y[n : n + 512]), "test": (x[n + 512 :], y[n + 512 :])}
+
+    def spec(self) -> dict[str, Any]:
+        return {"plugin": "toy", "task": self.name, "options": {"hidden": self.hidden}}
+
+    def build_model(self, seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return nn.Sequential(nn.Linear(16, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.hidden),
+                                 nn.ReLU(), nn.Linear(self.hidden, 4))
+
+    def prunable(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in model.named_parameters() if p.dim() >= 2}
+
+    def head(self, model: nn.Module) -> set[str]:
+        return {"4.weight", "4.bias"}
+
+    def train(self, model: nn.Module, masks: Masks, plan: Plan, observer: Observer) -> None:
+        batches = training.EpochBatches(self.train_x, self.train_y, plan.batch_size, plan.data_seed)
+        fail = self.fail_at_step
+
+        def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if step == fail:
+                raise KeyboardInterrupt(f"toy task killed at step {step}")
+            return batches(step)
+
+        training.fit(model, masks, plan, observer, batch_at=batch_at, loss_fn=training.cross_entropy_loss,
+                     evaluate=self._evaluate)
+
+    def _evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        x, y = self.splits[split]
+        return training.evaluate_classifier(model, x, y)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for split in ("val", "test"):
+            out.update(training.prefixed(self._evaluate(model, split), split))
+        return out
+
+
+class ToyPlugin:
+    def tasks(self) -> dict[str, str]:
+        return {"gauss": "a 3-layer MLP on 16-d Gaussian points labelled by a random teacher"}
+
+    def make_task(self, name: str, options: Mapping[str, Any], *, data_root: Path | None) -> ToyTask:
+        return ToyTask(name, options)

@@ -1,0 +1,5 @@
+"""`python -m ticketx` runs the CLI."""
+
+from .cli import main
+
+main()

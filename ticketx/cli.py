@@ -1,0 +1,200 @@
+"""The `ticketx` command: each subcommand parses, calls one library function, and prints."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+
+DATA_ENV = "TICKETX_DATA"
+
+
+def resolve_data_root(option: str | None) -> Path:
+    """--data-root, else $TICKETX_DATA, else the user cache folder."""
+    if option:
+        return Path(option).expanduser()
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "ticketx" / "data"
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from .config import ConfigError
+    from .masks import MaskError
+    from .plugins import PluginError
+    from .task import TaskError
+    from .ticket import TicketError
+    from .tracking import TrackingError
+    return ConfigError, MaskError, PluginError, TaskError, TicketError, TrackingError
+
+
+class _Printer:
+    """Progress lines: one when an arm starts and ends, evaluation lines at most every few seconds."""
+
+    def __init__(self, primary: str, every_s: float = 5.0) -> None:
+        self.primary, self.every_s, self.last = primary, every_s, 0.0
+
+    def __call__(self, event: str, info: Mapping[str, Any]) -> None:
+        tag = f"[r{info.get('replicate', 0)} L{info.get('level', 0):02d} {info.get('arm', '')}]"
+        if event == "resume":
+            click.echo(f"resuming {info['job_dir']} (MLflow run {info['run_id']})")
+        elif event == "start":
+            click.echo(f"{tag} density {100 * info['density']:.2f}%  training {info['steps']} steps")
+            self.last = time.monotonic()
+        elif event == "eval":
+            now = time.monotonic()
+            if now - self.last >= self.every_s or info["step"] == info["steps"]:
+                self.last = now
+                m = info["metrics"]
+                val = m.get(f"val_{self.primary}")
+                shown = f"  val_{self.primary} {_fmt(self.primary, val)}" if val is not None else ""
+                click.echo(f"{tag}   step {info['step']:>6}/{info['steps']}  "
+                           f"val_loss {m.get('val_loss', float('nan')):.4f}{shown}")
+        elif event in ("done", "skip"):
+            r = info["record"]
+            test = r["at_early_stop"].get(f"test_{self.primary}")
+            what = "done" if event == "done" else "already done"
+            click.echo(f"{tag} {what}: early stop at {r['early_stop_step']}, "
+                       f"test_{self.primary} there {_fmt(self.primary, test)}"
+                       + (f" ({r['seconds']:.1f} s)" if event == "done" else ""))
+
+
+def _fmt(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}%" if metric == "accuracy" else f"{value:.4g}"
+
+
+def _table(rows: list[dict[str, Any]], primary: str) -> str:
+    def cell(row: dict[str, Any], key: str) -> str:
+        if f"{key}_mean" not in row:
+            return "-"
+        mean, std = row[f"{key}_mean"], row[f"{key}_std"]
+        if key == "early_stop_step":
+            return f"{mean:.0f}" + (f"±{std:.0f}" if row["replicates"] > 1 else "")
+        text = _fmt(primary, mean)
+        if row["replicates"] > 1:
+            text += f"±{_fmt(primary, std).rstrip('%')}"
+        return text
+
+    head = ["level", "density", "arm", "early-stop it", f"val {primary}", f"test {primary} @es",
+            f"test {primary} @end"]
+    body = [[str(r["level"]), f"{100 * r['density']:.2f}%", r["arm"], cell(r, "early_stop_step"),
+             cell(r, f"es_val_{primary}"), cell(r, f"es_test_{primary}"), cell(r, f"final_test_{primary}")]
+            for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ticketx")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch threads per process (two cores are better used by two processes)")
+def main(threads: int) -> None:
+    """Find lottery tickets and transfer them; every run is recorded in MLflow."""
+    import torch
+    torch.set_num_threads(threads)
+    # a tracking server that dies mid-job fails the job in bounded time instead of retrying for minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a recipe key, e.g. --set train.steps=500 (repeatable; values are TOML)")
+@click.option("--experiment", help="MLflow experiment (default: the recipe's name)")
+@click.option("--data-root", help=f"dataset folder (default: ${DATA_ENV}, else ~/.cache/ticketx/data)")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("ticketx-runs"), show_default=True,
+              envvar="TICKETX_OUT", help="where job folders (tickets, results) are written")
+def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_root: str | None,
+         out: Path) -> None:
+    """Search for winning tickets by iterative magnitude pruning, with random-reinit and random-prune
+    controls at every level. Running the same recipe again resumes where it stopped."""
+    from . import config as configlib
+    from . import find as findlib
+    from . import plugins
+    from .tracking import Tracker
+
+    try:
+        cfg = configlib.load(recipe, overrides)
+        task = plugins.make_task(cfg.task.plugin, cfg.task.name, cfg.task.options,
+                                 available=plugins.discover(), data_root=resolve_data_root(data_root))
+        tracker = Tracker()
+        click.echo(f"ticketx find {cfg.name}: {cfg.task.plugin}/{cfg.task.name}, {cfg.prune.levels} levels "
+                   f"x {len(cfg.arms)} arms x {cfg.replicates} replicate(s), {cfg.train.steps} steps each; "
+                   f"MLflow store {tracker.uri}")
+        result = findlib.run_find(cfg, task, tracker, root=out, experiment=experiment,
+                                  progress=_Printer(task.metrics.primary))
+    except _errors() as e:
+        raise click.ClickException(str(e)) from None
+    rows = findlib.summarise(result.records, result.metrics)
+    click.echo("\n" + _table(rows, result.metrics.primary))
+    click.echo(f"\njob folder:  {result.job_dir}  (tickets in r*/L*/ticket, results.csv)")
+    click.echo(f"MLflow run:  {result.parent_run_id} (experiment {result.experiment_id})")
+    if tracker.ui_command():
+        click.echo(f"open it:     {tracker.ui_command()}")
+    click.echo(f"then:        {tracker.ui_link(result.experiment_id)}")
+
+
+@main.command()
+def tasks() -> None:
+    """List installed task plugins and their tasks."""
+    from . import plugins
+
+    try:
+        rows = plugins.describe(plugins.discover())
+    except plugins.PluginError as e:
+        raise click.ClickException(str(e)) from None
+    if not rows:
+        click.echo("no task plugins installed (try: pip install -e plugins/vision)")
+    for name, origin, found in rows:
+        click.echo(f"{name}  ({origin})")
+        if isinstance(found, str):
+            click.echo(f"  unavailable: {found}")
+            continue
+        width = max((len(t) for t in found), default=0)
+        for task_name, text in sorted(found.items()):
+            click.echo(f"  {task_name.ljust(width)}  {text}")
+
+
+@main.command()
+@click.argument("ticket_dir", metavar="TICKET", type=click.Path(path_type=Path))
+def show(ticket_dir: Path) -> None:
+    """Print a ticket's metadata and per-layer density."""
+    from . import ticket as ticketlib
+
+    try:
+        t = ticketlib.load(ticket_dir)
+    except ticketlib.TicketError as e:
+        raise click.ClickException(str(e)) from None
+    m = t.meta
+    task = m.get("task", {})
+    click.echo(f"{'ticket':<16}{ticket_dir}")
+    click.echo(f"{'task':<16}{task.get('plugin', '?')}/{task.get('task', '?')} {task.get('options', '')}")
+    for key in ("level", "seed", "replicate", "rewind_step", "source_run_id", "config_hash", "ticketx_version"):
+        if key in m:
+            click.echo(f"{key.replace('_', ' '):<16}{m[key]}")
+    kept = sum(int((x > 0).sum()) for x in t.masks.values())
+    total = sum(x.numel() for x in t.masks.values())
+    click.echo(f"{'density':<16}{100 * t.density:.2f}% ({kept:,} of {total:,} prunable weights kept)\n")
+    rows = [(n, "x".join(map(str, x.shape)), int((x > 0).sum()), x.numel()) for n, x in t.masks.items()]
+    w = max([len("layer")] + [len(r[0]) for r in rows])
+    click.echo(f"{'layer'.ljust(w)}  {'shape':>14}  {'kept':>10}  {'total':>10}  density")
+    for name, shape, k, n in rows:
+        click.echo(f"{name.ljust(w)}  {shape:>14}  {k:>10,}  {n:>10,}  {100 * k / n:6.2f}%")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

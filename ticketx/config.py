@@ -1,0 +1,339 @@
+"""Configs: frozen dataclasses checked when built, read from TOML recipes, changed by `--set KEY=VALUE`.
+
+*What* to run lives here (open_lth's hyperparameter descriptions); *how* lives in `find.py`. A config's
+hash names its job folder, so running the same config again resumes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import sys
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .task import Plan
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message names the key, what it got and what it allows."""
+
+
+ARMS = ("ticket", "random_reinit", "random_prune")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskConfig:
+    """Which plugin and task; every other key of `[task]` is an option the plugin checks."""
+
+    plugin: str
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How each arm trains at each level."""
+
+    steps: int = 2000  # optimizer steps per level (Frankle & Carbin's "iterations")
+    batch_size: int = 60
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = 1.2e-3
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear learning-rate warmup (F&C section 4: VGG-19, ResNet-20)
+    milestones: tuple[int, ...] = ()  # steps where lr is multiplied by gamma
+    gamma: float = 0.1
+    eval_every: int = 100  # validation every this many steps; the early-stop iteration is one of them
+
+    def __post_init__(self) -> None:
+        _positive("train.steps", self.steps)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.eval_every", self.eval_every)
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        for name in ("momentum", "weight_decay", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ConfigError(f"train.milestones must be increasing, got {list(self.milestones)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneConfig:
+    """How masks are made from level to level."""
+
+    levels: int = 5  # pruning rounds after the dense level 0
+    rate: float = 0.2  # share of the surviving weights removed per level
+    scope: Literal["layerwise", "global"] = "layerwise"
+    layer_rates: Mapping[str, float] = field(default_factory=dict)  # per-layer overrides by parameter name
+    exclude: tuple[str, ...] = ()  # parameter names never pruned
+    rewind_step: int = 0  # k: survivors are reset to θk (0 = initialisation)
+    mode: Literal["iterative", "oneshot"] = "iterative"  # oneshot: level L prunes the dense weights once
+
+    def __post_init__(self) -> None:
+        if self.levels < 0:
+            raise ConfigError(f"prune.levels must be >= 0, got {self.levels}")
+        if not 0.0 < self.rate < 1.0:
+            raise ConfigError(f"prune.rate must be in (0, 1), got {self.rate}")
+        for name, r in self.layer_rates.items():
+            if not 0.0 <= r < 1.0:
+                raise ConfigError(f"prune.layer_rates.{name} must be in [0, 1), got {r}")
+        if self.rewind_step < 0:
+            raise ConfigError(f"prune.rewind_step must be >= 0, got {self.rewind_step}")
+
+    def density_after(self, level: int, layer: str | None = None) -> float:
+        """Share of a layer's weights kept after `level` levels (the pooled rate when `layer` is None)."""
+        rate = self.layer_rates.get(layer, self.rate) if layer else self.rate
+        return (1.0 - rate) ** level
+
+
+@dataclass(frozen=True, kw_only=True)
+class FindConfig:
+    """One ticket search: a task, how to train, how to prune, which arms, how many replicates."""
+
+    name: str = "ticketx"  # also the default MLflow experiment
+    description: str = ""  # the paper, figure and deviations a recipe reproduces
+    seed: int = 0  # init seed of replicate 0; replicate r uses seed + r
+    data_seed: int | None = None  # data-order seed of replicate 0 (default: seed); replicate r adds r
+    replicates: int = 1
+    arms: tuple[str, ...] = ARMS  # which arms train at levels >= 1 (level 0 trains the dense network)
+    task: TaskConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+
+    def __post_init__(self) -> None:
+        _positive("replicates", self.replicates)
+        bad = [a for a in self.arms if a not in ARMS]
+        if bad or not self.arms:
+            raise ConfigError(f"arms must be a non-empty list of {list(ARMS)}, got {list(self.arms)}")
+        if "ticket" not in self.arms:
+            raise ConfigError("arms must include 'ticket': the next level's masks come from its training")
+        if self.prune.rewind_step >= self.train.steps:
+            raise ConfigError(
+                f"prune.rewind_step ({self.prune.rewind_step}) must be below train.steps ({self.train.steps})"
+            )
+
+    def init_seed(self, replicate: int) -> int:
+        return self.seed + replicate
+
+    def order_seed(self, replicate: int) -> int:
+        return (self.seed if self.data_seed is None else self.data_seed) + replicate
+
+    def plan(self, replicate: int, start_step: int = 0) -> Plan:
+        """The training plan of one arm of `replicate`, starting at `start_step`."""
+        t = self.train
+        return Plan(
+            steps=t.steps, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr, momentum=t.momentum,
+            nesterov=t.nesterov, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
+            milestones=t.milestones, gamma=t.gamma, eval_every=t.eval_every, start_step=start_step,
+            data_seed=self.order_seed(replicate),
+        )
+
+
+def _positive(key: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{key} must be >= 1, got {value}")
+
+
+# ----------------------------------------------------------------------------- building from dicts
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A config as plain JSON-able data (tuples become lists)."""
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    return plain(config)
+
+
+def config_hash(config: FindConfig) -> str:
+    """Hash of everything that changes results (not the name or description), as hex."""
+    data = to_dict(config)
+    data.pop("name"), data.pop("description")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (tuple, list, Sequence):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (dict, Mapping):
+        return "a table"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            type(None): "nothing"}.get(tp, str(tp))
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check `value` against type `tp`; return it in the config's own form (lists become tuples)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    bad = ConfigError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if origin is Literal:
+        if value not in args:
+            raise bad
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            try:
+                return _coerce(key, a, value)
+            except ConfigError:
+                pass
+        raise bad
+    if origin in (tuple, list, Sequence):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return tuple(_coerce(f"{key}[{i}]", args[0], v) for i, v in enumerate(value))
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise bad
+        return {str(k): _coerce(f"{key}.{k}", args[1], v) for k, v in value.items()}
+    if tp is type(None):
+        if value is not None:
+            raise bad
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported config type {tp}")  # a bug in a config class, not user input
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        parts = []
+        for k in unknown:
+            near = difflib.get_close_matches(k, list(fields), n=1)
+            parts.append(f"{prefix}{k}" + (f" (did you mean {prefix}{near[0]}?)" if near else ""))
+        raise ConfigError(f"unknown key(s): {', '.join(parts)}; valid keys here: "
+                          f"{', '.join(prefix + f for f in fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{prefix}{name} must be a table, got {value!r}")
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(prefix + name, tp, value)
+    missing = [n for n, f in fields.items() if n not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing key(s): {', '.join(prefix + m for m in missing)}")
+    return cls(**kwargs)
+
+
+def _task_config(data: Mapping[str, Any]) -> TaskConfig:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"task must be a table with at least plugin and name, got {data!r}")
+    missing = [k for k in ("plugin", "name") if k not in data]
+    if missing:
+        raise ConfigError(f"missing key(s): {', '.join('task.' + m for m in missing)} "
+                          "(e.g. [task] plugin = \"vision\", name = \"mnist\")")
+    for k in ("plugin", "name"):
+        if not isinstance(data[k], str):
+            raise ConfigError(f"task.{k} must be a string, got {data[k]!r}")
+    options = {k: v for k, v in data.items() if k not in ("plugin", "name")}
+    return TaskConfig(plugin=data["plugin"], name=data["name"], options=options)
+
+
+def from_dict(data: Mapping[str, Any]) -> FindConfig:
+    """Build and check a FindConfig from nested plain data (a parsed recipe)."""
+    if "task" not in data:
+        raise ConfigError("missing key: task (e.g. [task] plugin = \"vision\", name = \"mnist\")")
+    rest = {k: v for k, v in data.items() if k != "task"}
+    task = _task_config(data["task"])
+    # build with a placeholder so unknown and ill-typed keys are reported before the task is
+    config = _build(FindConfig, {**rest, "task": {"plugin": task.plugin, "name": task.name}}, "")
+    return dataclasses.replace(config, task=task)
+
+
+_BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/:]*$")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`'train.lr=0.1'` -> `(['train', 'lr'], 0.1)`. The value is TOML; a bare word is a string."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set takes KEY=VALUE (e.g. --set train.lr=0.01), got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError as e:
+        if raw in ("true", "false") or not _BARE.match(raw):
+            raise ConfigError(f"--set {key}: {raw!r} is not a valid TOML value ({e}); "
+                              "quote strings with spaces, e.g. --set name='\"my run\"'") from None
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A deep copy of `data` with each `KEY=VALUE` override set (tables are created as needed)."""
+    out = copy.deepcopy(dict(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {'.'.join(path)}: {part} is not a table")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """Parse a TOML recipe file into plain data."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"recipe not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read recipe {path}: {e}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+
+
+def load(path: Path, overrides: Sequence[str] = ()) -> FindConfig:
+    """Read a recipe, apply `--set` overrides, and check everything."""
+    data = apply_overrides(read_recipe(path), overrides)
+    data.setdefault("name", path.stem)
+    return from_dict(data)

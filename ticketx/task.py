@@ -1,0 +1,110 @@
+"""The Task protocol: the one contract between the core and domain plugins.
+
+A plugin subclasses nothing. It is any object with the attributes of `Plugin`, returning objects with the
+attributes of `Task`; the core calls nothing else. Shared behaviour (the supervised loop, mask helpers) is
+offered as functions in `ticketx.training` and `ticketx.masks` that a plugin may call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+Masks = dict[str, torch.Tensor]  # parameter name -> 0/1 tensor of the parameter's shape and dtype
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricSpec:
+    """Which metric a task reports as its result and which one picks the early-stopping iteration.
+
+    Metric names are those the task reports through `Observer.on_eval`, prefixed by split
+    (`val_loss`, `test_accuracy`, ...).
+    """
+
+    primary: str = "accuracy"  # reported per split: val_<primary>, test_<primary>
+    higher_is_better: bool = True
+    early_stop: str = "val_loss"  # the iteration where this is best is the early-stopping iteration
+    early_stop_higher_is_better: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """How long and how to train: what the core hands to `Task.train`.
+
+    Steps are optimizer steps ("iterations" in Frankle & Carbin). Training runs from `start_step` to
+    `steps`; `start_step` is the rewind step k for levels after the first, so the learning-rate schedule
+    and the data order continue from k as in Frankle et al. 2019 (arXiv 1903.01611).
+    """
+
+    steps: int
+    batch_size: int
+    optimizer: str  # "sgd" | "adam"
+    lr: float
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear warmup from lr/warmup_steps to lr over the first steps
+    milestones: tuple[int, ...] = ()  # steps at which the learning rate is multiplied by gamma
+    gamma: float = 0.1
+    eval_every: int = 100
+    start_step: int = 0
+    data_seed: int = 0  # seeds the data order (and augmentation); apart from the init seed
+
+
+class Observer(Protocol):
+    """What a task reports to while it trains; the core uses it to log and to capture θk."""
+
+    def on_step(self, step: int, model: nn.Module) -> None:
+        """Called after optimizer step number `step` (1-based), masks already applied."""
+
+    def on_eval(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Called with split-prefixed metrics (`val_loss`, `test_accuracy`, `train_loss`, ...)."""
+
+
+@runtime_checkable
+class Task(Protocol):
+    """One trainable problem: a model family on a dataset (or environment) with its metrics."""
+
+    metrics: MetricSpec
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-able description (plugin, task name, options) saved with tickets and logged as params."""
+
+    def build_model(self, seed: int) -> nn.Module:
+        """The network, initialised from `seed` alone."""
+
+    def prunable(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """Weights that take part in pruning, by parameter name (weight matrices and conv kernels)."""
+
+    def head(self, model: nn.Module) -> set[str]:
+        """Parameter names tied to this task's inputs or outputs; re-initialised on transfer."""
+
+    def train(self, model: nn.Module, masks: Masks, plan: Plan, observer: Observer) -> None:
+        """Train in place for `plan`, keeping every masked weight exactly zero; report to `observer`."""
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Split-prefixed metrics of the model as it is (`val_loss`, `val_accuracy`, `test_...`)."""
+
+
+@runtime_checkable
+class Plugin(Protocol):
+    """What the `ticketx.plugins` entry point loads (a class or a factory, called with no arguments)."""
+
+    def tasks(self) -> dict[str, str]:
+        """Task name -> one-line description."""
+
+    def make_task(self, name: str, options: Mapping[str, Any], *, data_root: Path | None) -> Task:
+        """Build the named task. Unknown options are an error that names them (raise `TaskError`)."""
+
+
+class TaskError(ValueError):
+    """A task cannot be built or run as asked; the message says what to change."""
+
+
+class DataError(TaskError):
+    """A dataset is missing or unreadable; the message names the path looked in and the layout expected."""

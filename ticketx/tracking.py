@@ -1,0 +1,153 @@
+"""MLflow as the record: a parent run per job, a nested child run per level, arm and replicate.
+
+Everything goes through an explicit `MlflowClient` held by a `Tracker` that the CLI builds and passes
+down: library code never starts a fluent `mlflow.start_run` behind the caller's back. Metrics are sent
+with `log_batch` once per evaluation (per-step `log_metric` is ~6x slower); tickets are logged as
+artifact folders, not `mlflow.pytorch.log_model` (3-10 s a call).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAM = 6000  # MLflow's limit on a param value's length
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or refused a write; the message names the URI."""
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """HEAD's commit of the git checkout at `cwd` (or of ticketx's own source), or '' outside git."""
+    here = cwd or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config data -> dotted MLflow params (`{'train': {'lr': 0.1}}` -> `{'train.lr': '0.1'}`)."""
+    out: dict[str, str] = {}
+    for k, v in data.items():
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)[:MAX_PARAM]
+    return out
+
+
+class Tracker:
+    """An MLflow tracking store and the few operations a job needs of it."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        self.client = MlflowClient(tracking_uri=uri)
+        self.uri = self.client.tracking_uri
+
+    def check_reachable(self, timeout: float = 5.0) -> None:
+        """Fail fast, naming the URI, when an HTTP tracking server does not answer."""
+        if not self.uri.startswith(("http://", "https://")):
+            return
+        url = self.uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (user's own server)
+                r.read()
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            raise TrackingError(f"MLflow tracking server {self.uri} is unreachable ({e}); start it, or "
+                                "unset MLFLOW_TRACKING_URI to use the local store") from None
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as e:
+            raise TrackingError(f"MLflow at {self.uri} failed to {what}: {e.message}") from None
+
+    def experiment(self, name: str) -> str:
+        """The id of experiment `name`, created (or restored from deleted) if needed."""
+        exp = self._call("look up the experiment", self.client.get_experiment_by_name, name)
+        if exp is None:
+            return self._call("create the experiment", self.client.create_experiment, name)
+        if exp.lifecycle_stage == "deleted":
+            self._call("restore the experiment", self.client.restore_experiment, exp.experiment_id)
+        return exp.experiment_id
+
+    def start_run(self, experiment_id: str, name: str, *, parent: str | None = None,
+                  tags: Mapping[str, str] = {}, params: Mapping[str, str] = {}) -> str:
+        """Create a RUNNING run (nested under `parent` when given) and log its params; return its id."""
+        all_tags = dict(tags)
+        if parent:
+            all_tags[PARENT_TAG] = parent
+        run = self._call("create a run", self.client.create_run, experiment_id, run_name=name, tags=all_tags)
+        run_id = run.info.run_id
+        items = list(params.items())
+        for i in range(0, len(items), 100):  # log_batch takes at most 100 params
+            self._call("log params", self.client.log_batch, run_id,
+                       params=[Param(k, v) for k, v in items[i : i + 100]])
+        return run_id
+
+    def exists(self, run_id: str) -> bool:
+        """Whether `run_id` is a live (not deleted) run in this store."""
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except MlflowException:
+            return False
+
+    def reopen(self, run_id: str) -> None:
+        """Mark a run RUNNING again (a resumed parent)."""
+        self._call("reopen a run", self.client.update_run, run_id, status="RUNNING")
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log many metrics in one call, at `step` (none for summary numbers)."""
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        self._call("log metrics", self.client.log_batch, run_id, metrics=batch)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self._call("set tags", self.client.log_batch, run_id,
+                   tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
+        self._call("log artifacts", self.client.log_artifacts, run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
+        self._call("log an artifact", self.client.log_artifact, run_id, str(local_file), artifact_path)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        """End a run as FINISHED, FAILED or KILLED."""
+        self._call("end a run", self.client.set_terminated, run_id, status=status)
+
+    def delete(self, run_id: str) -> None:
+        """Delete a run (an unfinished child of a killed job, about to be redone)."""
+        self._call("delete a run", self.client.delete_run, run_id)
+
+    def child_runs(self, experiment_id: str, parent: str) -> list[Any]:
+        """The live runs nested under `parent`."""
+        return self._call("search runs", self.client.search_runs, [experiment_id],
+                          filter_string=f"tags.`{PARENT_TAG}` = '{parent}'", max_results=5000)
+
+    def ui_link(self, experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
+        """Where the runs table (nested runs under their parent) opens in the MLflow UI."""
+        base = self.uri.rstrip("/") if self.uri.startswith("http") else server
+        return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+    def ui_command(self) -> str:
+        """The shell command that serves this store's UI (empty for a remote server)."""
+        if self.uri.startswith("http"):
+            return ""
+        return f"mlflow ui --backend-store-uri {self.uri}"
+
+
+STATUS_NAMES = {RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)}
