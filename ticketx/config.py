@@ -284,7 +284,7 @@ def from_dict(data: Mapping[str, Any]) -> FindConfig:
     return dataclasses.replace(config, task=task)
 
 
-_BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/:]*$")
+_BARE = re.compile(r"^[A-Za-z_./~][A-Za-z0-9_.\-/:~]*$")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -30,7 +30,7 @@ from torch import nn
 
 from . import masks as masklib
 from . import ticket as ticketlib
-from .config import FindConfig, config_hash, to_dict
+from .config import ConfigError, FindConfig, config_hash, to_dict
 from .task import Masks, MetricSpec, Task
 from .tracking import Tracker, flatten, git_commit
 
@@ -163,13 +163,18 @@ class _Job:
                     records.append(self.arm(r, level, arm))
         return records
 
+    def check_layers(self) -> None:
+        """Fail before any training when the recipe names layers the task does not prune."""
+        prunable = self.task.prunable(self.task.build_model(self.config.seed))
+        p = self.config.prune
+        for key, names in (("prune.exclude", p.exclude), ("prune.layer_rates", list(p.layer_rates))):
+            unknown = sorted(set(names) - set(prunable))
+            if unknown:
+                raise ConfigError(f"{key} names {unknown}, which the task does not prune; "
+                                  f"prunable weights: {sorted(prunable)}")
+
     def prunable_masks(self, model: nn.Module) -> Masks:
-        prunable = self.task.prunable(model)
-        excluded = set(self.config.prune.exclude) - set(prunable)
-        if excluded:
-            raise ValueError(f"prune.exclude names {sorted(excluded)}, which the task does not prune; "
-                             f"prunable weights: {sorted(prunable)}")
-        return masklib.ones({n: p.detach() for n, p in prunable.items()})
+        return masklib.ones({n: p.detach() for n, p in self.task.prunable(model).items()})
 
     def ticket(self, replicate: int, level: int, model: nn.Module) -> ticketlib.Ticket:
         """The ticket of `level`, read from disk or made from the previous level's trained weights."""
@@ -292,6 +297,7 @@ def run_find(config: FindConfig, task: Task, tracker: Tracker, *, root: Path,
     arm's record) and "skip" (an arm finished by an earlier run of the same job).
     """
     job = _Job(config, task, tracker, root, experiment or config.name, progress or (lambda e, i: None))
+    job.check_layers()
     job.open()
     try:
         records = job.run()

@@ -60,7 +60,9 @@ def load(name: str, available: Mapping[str, list[EntryPoint]]) -> Plugin:
         raise PluginError(f"plugin {name!r} from {_origin(ep)} failed to import: "
                           f"{type(e).__name__}: {e}") from e
     try:
-        plugin = obj() if isinstance(obj, type) or not hasattr(obj, "make_task") else obj
+        # a class or factory is called; an object that already is a plugin is used as it is
+        make = isinstance(obj, type) or (callable(obj) and not hasattr(obj, "make_task"))
+        plugin = obj() if make else obj
     except Exception as e:
         raise PluginError(f"plugin {name!r} from {_origin(ep)} failed to start: {type(e).__name__}: {e}") from e
     lacking = [a for a in ("tasks", "make_task") if not callable(getattr(plugin, a, None))]

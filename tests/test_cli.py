@@ -1,0 +1,140 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ticketx import ticket as T
+from ticketx.cli import main
+
+RECIPE = """
+name = "toycli"
+[task]
+plugin = "toy"
+name = "gauss"
+[train]
+steps = {steps}
+batch_size = 32
+lr = 0.01
+eval_every = 50
+[prune]
+levels = 1
+rate = 0.5
+"""
+
+
+@pytest.fixture()
+def recipe(tmp_path: Path) -> Path:
+    p = tmp_path / "toy.toml"
+    p.write_text(RECIPE.format(steps=100))
+    return p
+
+
+@pytest.fixture()
+def cli_env(toy_env, mlflow_uri, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    monkeypatch.chdir(tmp_path)
+    return {**os.environ}
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_find_prints_progress_table_and_mlflow_link(cli_env, recipe, experiment):
+    r = invoke("find", str(recipe), "--experiment", experiment, "--set", "train.steps=60")
+    assert r.exit_code == 0, r.output
+    assert "[r0 L00 dense] density 100.00%" in r.output
+    assert "[r0 L01 random_prune] done: early stop at" in r.output
+    lines = r.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("level  density"))
+    assert [line.split()[2] for line in lines[header + 2 : header + 6]] == [
+        "dense", "ticket", "random_reinit", "random_prune"]
+    assert "#/experiments/" in r.output and "runs?workflowType=machine_learning" in r.output
+    ticket_dir = next(Path("ticketx-runs").glob("toycli-*/r0/L01/ticket"))
+    shown = invoke("show", str(ticket_dir))
+    assert shown.exit_code == 0 and "density" in shown.output and "0.weight" in shown.output
+    assert "50.00%" in shown.output
+
+
+def test_tasks_lists_plugins(cli_env):
+    r = invoke("tasks")
+    assert r.exit_code == 0 and "toy  (TICKETX_PLUGINS (toy:ToyPlugin))" in r.output
+    assert "gauss" in r.output
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--set", "prune.rate=1.5"], "prune.rate must be in (0, 1), got 1.5"),
+    (["--set", "train.stpes=5"], "did you mean train.steps?"),
+    (["--set", "task.plugin=nlp"], "unknown plugin 'nlp'; installed plugins:"),
+    (["--set", "task.name=cifar"], "plugin 'toy' has no task 'cifar'; its tasks: gauss"),
+    (["--set", "task.colour=red"], "unknown toy option(s): ['colour']"),
+    (["--set", "train.lr=[0.1,"], "is not a valid TOML value"),
+])
+def test_find_bad_input_clear_error_nonzero_exit(cli_env, recipe, args, match):
+    r = invoke("find", str(recipe), *args)
+    assert r.exit_code == 1 and match in r.output and "Traceback" not in r.output
+
+
+def test_unreachable_tracking_server_fails_fast(cli_env, recipe, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
+    began = time.monotonic()
+    r = invoke("find", str(recipe))
+    assert r.exit_code == 1 and "MLflow tracking server http://127.0.0.1:9 is unreachable" in r.output
+    assert time.monotonic() - began < 30
+
+
+def test_show_rejects_a_broken_ticket(cli_env, tmp_path):
+    (tmp_path / "t").mkdir()
+    r = invoke("show", str(tmp_path / "t"))
+    assert r.exit_code == 1 and "incomplete ticket, missing masks.safetensors" in r.output
+
+
+def run_cli(args, env, cwd):
+    return subprocess.run([sys.executable, "-m", "ticketx", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_subprocess_find_and_error(cli_env, recipe, tmp_path, experiment):
+    r = run_cli(["find", str(recipe), "--experiment", experiment, "--set", "train.steps=60"], cli_env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "random_reinit" in r.stdout and "MLflow run:" in r.stdout
+    bad = run_cli(["find", str(tmp_path / "missing.toml")], cli_env, tmp_path)
+    assert bad.returncode == 1 and "recipe not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_kill_9_then_rerun_resumes_to_the_same_results(cli_env, tmp_path, experiment):
+    from mlflow import MlflowClient
+    recipe = tmp_path / "long.toml"
+    recipe.write_text(RECIPE.format(steps=1500))
+    args = ["find", str(recipe), "--experiment", experiment]
+    ref = run_cli([*args[:-1], experiment + "-ref", "--out", str(tmp_path / "ref")], cli_env, tmp_path)
+    assert ref.returncode == 0, ref.stderr
+
+    proc = subprocess.Popen([sys.executable, "-m", "ticketx", *args, "--out", str(tmp_path / "job")],
+                            env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # kill while level 1 trains: the dense arm is done, the ticket is not
+        if "[r0 L01 ticket] density" in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = run_cli([*args, "--out", str(tmp_path / "job")], cli_env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "[r0 L00 dense] already done" in again.stdout
+
+    def results(root):
+        recs = json.loads(next(Path(root).glob("toycli-*/results.json")).read_text())
+        return [{k: v for k, v in r.items() if k not in ("run_id", "seconds")} for r in recs]
+
+    assert results(tmp_path / "job") == results(tmp_path / "ref")
+    client = MlflowClient(cli_env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 + 4 and {r.info.status for r in runs} == {"FINISHED"}
+    ticket = T.load(next((tmp_path / "job").glob("toycli-*/r0/L01/ticket")))
+    assert ticket.density == pytest.approx(0.5, abs=0.01)
