@@ -138,3 +138,17 @@ def test_kill_9_then_rerun_resumes_to_the_same_results(cli_env, tmp_path, experi
     assert len(runs) == 1 + 4 and {r.info.status for r in runs} == {"FINISHED"}
     ticket = T.load(next((tmp_path / "job").glob("toycli-*/r0/L01/ticket")))
     assert ticket.density == pytest.approx(0.5, abs=0.01)
+
+
+def test_show_checks_the_ticket_against_its_model(cli_env, recipe, experiment, tmp_path):
+    assert invoke("find", str(recipe), "--experiment", experiment, "--set", "train.steps=50").exit_code == 0
+    ticket_dir = next(Path("ticketx-runs").glob("toycli-*/r0/L01/ticket"))
+    r = invoke("show", str(ticket_dir))
+    assert "fits model      yes: every tensor matches toy/gauss's model" in r.output
+    # the same ticket claimed for a toy model of another width: every mismatch is named
+    meta = json.loads((ticket_dir / T.META).read_text())
+    meta["task"]["options"]["hidden"] = 16
+    (ticket_dir / T.META).write_text(json.dumps(meta))
+    r = invoke("show", str(ticket_dir))
+    assert r.exit_code == 1 and "does not fit this model" in r.output
+    assert "0.weight: ticket shape (32, 16), model shape (16, 16)" in r.output

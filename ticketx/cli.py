@@ -96,6 +96,24 @@ def _table(rows: list[dict[str, Any]], primary: str) -> str:
     return "\n".join(lines)
 
 
+def _gap_line(rows: list[dict[str, Any]], primary: str, higher_is_better: bool) -> str:
+    """The ticket against each control at the sparsest level, in points of the primary test metric."""
+    last = max((r["level"] for r in rows), default=0)
+    at = {r["arm"]: r for r in rows if r["level"] == last}
+    key = f"es_test_{primary}_mean"
+    if last == 0 or key not in at.get("ticket", {}):
+        return ""
+    ticket = at["ticket"][key]
+    parts = []
+    for arm in ("random_reinit", "random_prune"):
+        if key in at.get(arm, {}):
+            diff = (ticket - at[arm][key]) * (1 if higher_is_better else -1)
+            scale, unit = (100, " points") if primary == "accuracy" else (1, "")
+            parts.append(f"{'beats' if diff > 0 else 'does not beat'} {arm} by {scale * diff:+.2f}{unit}")
+    density = 100 * at["ticket"]["density"]
+    return f"\nat {density:.2f}% of weights, the ticket (test {primary} at early stop) " + ", ".join(parts)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ticketx")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
@@ -141,6 +159,9 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
         raise click.ClickException(str(e)) from None
     rows = findlib.summarise(result.records, result.metrics)
     click.echo("\n" + _table(rows, result.metrics.primary))
+    gap = _gap_line(rows, result.metrics.primary, result.metrics.higher_is_better)
+    if gap:
+        click.echo(gap)
     click.echo(f"\njob folder:  {result.job_dir}  (tickets in r*/L*/ticket, results.csv)")
     click.echo(f"MLflow run:  {result.parent_run_id} (experiment {result.experiment_id})")
     if tracker.ui_command():
@@ -171,13 +192,27 @@ def tasks() -> None:
 
 @main.command()
 @click.argument("ticket_dir", metavar="TICKET", type=click.Path(path_type=Path))
-def show(ticket_dir: Path) -> None:
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="build the ticket's model through its plugin and check every tensor fits it")
+@click.option("--data-root", help="dataset folder, for tasks whose model shape depends on the data")
+def show(ticket_dir: Path, check: bool, data_root: str | None) -> None:
     """Print a ticket's metadata and per-layer density."""
+    from . import plugins
     from . import ticket as ticketlib
 
     try:
         t = ticketlib.load(ticket_dir)
-    except ticketlib.TicketError as e:
+        fits = ""
+        spec = t.meta.get("task", {})
+        if check and isinstance(spec, dict) and spec.get("plugin") in (available := plugins.discover()):
+            task = plugins.make_task(spec["plugin"], spec.get("task", ""), spec.get("options", {}),
+                                     available=available, data_root=resolve_data_root(data_root))
+            model = task.build_model(int(t.meta.get("seed", 0)))
+            ticketlib.check_fits(t, model, task.prunable(model))
+            fits = f"yes: every tensor matches {spec['plugin']}/{spec.get('task')}'s model"
+        elif check:
+            fits = f"not checked: plugin {spec.get('plugin') if isinstance(spec, dict) else spec!r} not installed"
+    except _errors() as e:
         raise click.ClickException(str(e)) from None
     m = t.meta
     task = m.get("task", {})
@@ -188,6 +223,8 @@ def show(ticket_dir: Path) -> None:
             click.echo(f"{key.replace('_', ' '):<16}{m[key]}")
     kept = sum(int((x > 0).sum()) for x in t.masks.values())
     total = sum(x.numel() for x in t.masks.values())
+    if fits:
+        click.echo(f"{'fits model':<16}{fits}")
     click.echo(f"{'density':<16}{100 * t.density:.2f}% ({kept:,} of {total:,} prunable weights kept)\n")
     rows = [(n, "x".join(map(str, x.shape)), int((x > 0).sum()), x.numel()) for n, x in t.masks.items()]
     w = max([len("layer")] + [len(r[0]) for r in rows])

@@ -180,7 +180,9 @@ class _Job:
         """The ticket of `level`, read from disk or made from the previous level's trained weights."""
         path = self.level_dir(replicate, level) / "ticket"
         if (path / ticketlib.META).exists():
-            return ticketlib.load(path)
+            t = ticketlib.load(path)
+            ticketlib.check_fits(t, model, self.task.prunable(model))
+            return t
         p = self.config.prune
         rewind = load_file(str(self.rewind_file(replicate)))
         if level == 0:
