@@ -152,3 +152,15 @@ def test_show_checks_the_ticket_against_its_model(cli_env, recipe, experiment, t
     r = invoke("show", str(ticket_dir))
     assert r.exit_code == 1 and "does not fit this model" in r.output
     assert "0.weight: ticket shape (32, 16), model shape (16, 16)" in r.output
+
+
+def test_missing_dataset_names_path_and_layout_and_records_no_run(cli_env, tmp_path, experiment):
+    pytest.importorskip("ticketx_vision")
+    from mlflow import MlflowClient
+    quickstart = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
+    r = invoke("find", str(quickstart), "--experiment", experiment, "--data-root", str(tmp_path / "nodata"),
+               "--set", "task.download=false")
+    assert r.exit_code == 1
+    assert f"MNIST not found in {tmp_path / 'nodata' / 'MNIST' / 'raw'}" in r.output
+    assert "train-images-idx3-ubyte" in r.output and "TICKETX_DATA" in r.output
+    assert MlflowClient(cli_env["MLFLOW_TRACKING_URI"]).get_experiment_by_name(experiment) is None

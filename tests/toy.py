@@ -36,6 +36,9 @@ class ToyTask:
     def spec(self) -> dict[str, Any]:
         return {"plugin": "toy", "task": self.name, "options": {"hidden": self.hidden}}
 
+    def prepare(self) -> None:
+        """The data is made in __init__: nothing to load."""
+
     def build_model(self, seed: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

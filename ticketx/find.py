@@ -299,6 +299,7 @@ def run_find(config: FindConfig, task: Task, tracker: Tracker, *, root: Path,
     arm's record) and "skip" (an arm finished by an earlier run of the same job).
     """
     job = _Job(config, task, tracker, root, experiment or config.name, progress or (lambda e, i: None))
+    task.prepare()  # a missing dataset fails here, before any MLflow run exists
     job.check_layers()
     job.open()
     try:

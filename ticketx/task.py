@@ -75,6 +75,9 @@ class Task(Protocol):
     def spec(self) -> dict[str, Any]:
         """JSON-able description (plugin, task name, options) saved with tickets and logged as params."""
 
+    def prepare(self) -> None:
+        """Load and check data (or make an environment) now; raise DataError before any run is started."""
+
     def build_model(self, seed: int) -> nn.Module:
         """The network, initialised from `seed` alone."""
 
