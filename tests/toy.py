@@ -19,12 +19,11 @@ class ToyTask:
     metrics = MetricSpec()
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        unknown = set(options) - {"hidden", "n_train", "fail_at_step"}
+        unknown = set(options) - {"hidden", "n_train"}
         if unknown:
             raise TaskError(f"unknown toy option(s): {sorted(unknown)}")
         self.name = name
         self.hidden = int(options.get("hidden", 32))
-        self.fail_at_step = int(options.get("fail_at_step", -1))  # raise mid-training: a killed job
         g = torch.Generator().manual_seed(1234)
         n = int(options.get("n_train", 1024))
         x = torch.randn(n + 512 + 512, 16, generator=g)
@@ -53,14 +52,7 @@ class ToyTask:
 
     def train(self, model: nn.Module, masks: Masks, plan: Plan, observer: Observer) -> None:
         batches = training.EpochBatches(self.train_x, self.train_y, plan.batch_size, plan.data_seed)
-        fail = self.fail_at_step
-
-        def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-            if step == fail:
-                raise KeyboardInterrupt(f"toy task killed at step {step}")
-            return batches(step)
-
-        training.fit(model, masks, plan, observer, batch_at=batch_at, loss_fn=training.cross_entropy_loss,
+        training.fit(model, masks, plan, observer, batch_at=batches, loss_fn=training.cross_entropy_loss,
                      evaluate=self._evaluate)
 
     def _evaluate(self, model: nn.Module, split: str) -> dict[str, float]:

@@ -157,7 +157,7 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
                                   progress=_Printer(task.metrics.primary))
     except _errors() as e:
         raise click.ClickException(str(e)) from None
-    rows = findlib.summarise(result.records, result.metrics)
+    rows = findlib.summarise(result.records, result.metrics, order=findlib.ARM_ORDER)
     click.echo("\n" + _table(rows, result.metrics.primary))
     gap = _gap_line(rows, result.metrics.primary, result.metrics.higher_is_better)
     if gap:

@@ -1,0 +1,245 @@
+"""What find and transfer jobs share: a job folder, an MLflow parent run, and arms trained idempotently.
+
+Every arm leaves `<arm>.json` in its folder when it finishes; a job run again with the same config reads
+those back instead of retraining, and an arm killed half-way (its `<arm>.run` written, no result) has its
+half-logged MLflow run deleted and is trained again from its saved starting point, so no run is
+duplicated and the numbers are those of an uninterrupted job.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from . import masks as masklib
+from .task import Masks, MetricSpec, Plan, Task
+from .tracking import Tracker, git_commit
+
+Progress = Callable[[str, Mapping[str, Any]], None]  # (event, info): resume, start, eval, done, skip
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
+    """Write a state dict as safetensors, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class Recorder:
+    """The core's Observer: logs each evaluation to MLflow, captures the weights at one step, reports."""
+
+    def __init__(self, tracker: Tracker, run_id: str, *, capture_at: int | None, progress: Progress,
+                 info: Mapping[str, Any]) -> None:
+        self.tracker, self.run_id, self.capture_at = tracker, run_id, capture_at
+        self.progress, self.info = progress, dict(info)
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self.captured: dict[str, torch.Tensor] | None = None
+
+    def on_step(self, step: int, model: nn.Module) -> None:
+        if step == self.capture_at:
+            self.captured = clone_state(model)
+
+    def on_eval(self, step: int, metrics: Mapping[str, float]) -> None:
+        m = {k: float(v) for k, v in metrics.items()}
+        self.history.append((step, m))
+        self.tracker.log_metrics(self.run_id, m, step)
+        self.progress("eval", {**self.info, "step": step, "metrics": m})
+
+    def summary(self, spec: MetricSpec) -> tuple[int, dict[str, float], dict[str, float]]:
+        """(early-stop step, metrics there, metrics at the last evaluation)."""
+        if not self.history:
+            raise RuntimeError("the task reported no evaluation; Task.train must call observer.on_eval")
+        sign = -1.0 if spec.early_stop_higher_is_better else 1.0
+        key = spec.early_stop
+        scored = [(sign * m[key], i) for i, (_, m) in enumerate(self.history) if key in m]
+        if not scored:
+            raise RuntimeError(f"the task never reported its early-stop metric {key!r}")
+        best = min(scored)[1]  # the first evaluation reaching the best value
+        step, at_best = self.history[best]
+        # a split evaluated less often than val (test) is taken from the nearest later evaluation
+        merged = dict(at_best)
+        for _, m in self.history[best:]:
+            for k, v in m.items():
+                merged.setdefault(k, v)
+        return step, merged, self.history[-1][1]
+
+
+@dataclass
+class ArmSetup:
+    """What one arm trains: the model as it starts, its masks, its plan, and params to record."""
+
+    model: nn.Module
+    masks: Masks
+    plan: Plan
+    params: dict[str, str] = field(default_factory=dict)
+    capture_at: int | None = None  # capture the weights after this step (θk of the dense run)
+
+
+AfterTrain = Callable[[nn.Module, Recorder, str], None]  # (trained model, recorder, run id)
+
+
+class Job:
+    """A job folder plus its MLflow parent run."""
+
+    def __init__(self, *, kind: str, name: str, config_hash: str, config: Mapping[str, Any], task: Task,
+                 tracker: Tracker, root: Path, experiment: str, progress: Progress | None,
+                 tags: Mapping[str, str], params: Mapping[str, str]) -> None:
+        self.kind, self.hash, self.config, self.task, self.tracker = kind, config_hash, config, task, tracker
+        self.progress: Progress = progress or (lambda event, info: None)
+        self.name = name
+        self.dir = Path(root) / f"{name}-{config_hash[:10]}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.experiment, self.tags, self.params = experiment, dict(tags), dict(params)
+        self.exp_id = ""
+        self.parent = ""
+
+    def open(self) -> None:
+        """Resume this job's parent run in this tracking store, or start it."""
+        self.tracker.check_reachable()
+        self.exp_id = self.tracker.experiment(self.experiment)
+        state_file = self.dir / "job.json"
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        runs = state.get("parent_runs", {})
+        parent = runs.get(self.tracker.uri)
+        if parent and self.tracker.exists(parent):
+            self.tracker.reopen(parent)
+            self.progress("resume", {"job_dir": str(self.dir), "run_id": parent})
+        else:
+            tags = {"ticketx.kind": self.kind, "ticketx.config_hash": self.hash,
+                    "ticketx.job_dir": str(self.dir.resolve()), **self.tags}
+            commit = git_commit(Path.cwd())
+            if commit:
+                tags["mlflow.source.git.commit"] = tags["ticketx.git_commit"] = commit
+            parent = self.tracker.start_run(self.exp_id, f"{self.kind} {self.name}",
+                                            tags=tags, params=self.params)
+            runs[self.tracker.uri] = parent
+        self.parent = parent
+        write_json(state_file, {"kind": self.kind, "config": dict(self.config), "config_hash": self.hash,
+                                "task": self.task.spec(), "parent_runs": runs, "experiment": self.experiment})
+
+    def folder(self, *parts: str) -> Path:
+        d = self.dir.joinpath(*parts)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def arm(self, folder: Path, arm: str, info: Mapping[str, Any], setup: Callable[[], ArmSetup],
+            run_name: str, after: AfterTrain | None = None) -> dict[str, Any]:
+        """Train one arm, or read back its result if an earlier run of the job finished it."""
+        result_file, run_file = folder / f"{arm}.json", folder / f"{arm}.run"
+        if result_file.exists():
+            record = json.loads(result_file.read_text())
+            self.progress("skip", {**info, "record": record})
+            return record
+        if run_file.exists():  # killed half-way last time: its half-logged run goes, the arm restarts
+            stale = run_file.read_text().strip()
+            if self.tracker.exists(stale):
+                self.tracker.delete(stale)
+        s = setup()
+        dens = masklib.density(s.masks)
+        tags = {f"ticketx.{k}": str(v) for k, v in info.items() if k != "steps"}
+        params = {**{k: str(v) for k, v in info.items()}, **s.params, "density": f"{dens:.6f}",
+                  "data_seed": str(s.plan.data_seed), "start_step": str(s.plan.start_step)}
+        run_id = self.tracker.start_run(self.exp_id, run_name, parent=self.parent, tags=tags, params=params)
+        run_file.write_text(run_id)
+        self.progress("start", {**info, "density": dens, "run_id": run_id})
+        recorder = Recorder(self.tracker, run_id, capture_at=s.capture_at, progress=self.progress,
+                            info={**info, "density": dens})
+        began = time.perf_counter()
+        try:
+            self.task.train(s.model, s.masks, s.plan, recorder)
+            seconds = time.perf_counter() - began
+            check_masked(s.model, s.masks, f"{arm} ({run_name})")
+            es_step, at_es, final = recorder.summary(self.task.metrics)
+            if after is not None:
+                after(s.model, recorder, run_id)
+        except BaseException as e:
+            self.tracker.finish(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            raise
+        record = {**info, **{k: v for k, v in s.params.items() if k not in info}, "density": dens,
+                  "layer_density": masklib.layer_density(s.masks), "early_stop_step": es_step,
+                  "at_early_stop": at_es, "final": final, "seconds": seconds, "run_id": run_id}
+        self.tracker.log_metrics(run_id, {"density": dens, "early_stop_step": es_step, "seconds": seconds,
+                                          **{f"es_{k}": v for k, v in at_es.items()},
+                                          **{f"final_{k}": v for k, v in final.items()}})
+        write_json(result_file, record)
+        self.tracker.finish(run_id)
+        self.progress("done", {**info, "record": record})
+        return record
+
+    def close(self, rows: list[dict[str, Any]], records: list[dict[str, Any]],
+              extra_artifacts: list[Path] = ()) -> None:
+        """Write and log the results table, and end the parent run as FINISHED."""
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        with open(self.dir / "results.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        write_json(self.dir / "results.json", records)
+        for path in [self.dir / "results.csv", self.dir / "results.json", *extra_artifacts]:
+            self.tracker.log_artifact(self.parent, path)
+        self.tracker.finish(self.parent)
+
+    def fail(self, error: BaseException) -> None:
+        """End the parent run as KILLED (interrupted) or FAILED."""
+        if self.parent:
+            self.tracker.finish(self.parent, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+
+
+def check_masked(model: nn.Module, masks: Masks, what: str) -> None:
+    """Raise if any pruned weight of `model` is nonzero (a task's train() that let weights regrow)."""
+    params = dict(model.named_parameters())
+    for name, m in masks.items():
+        if bool((params[name].detach()[m == 0] != 0).any()):
+            raise RuntimeError(f"{what}: pruned weights of {name} are nonzero after training; "
+                               "the task's train() must keep masked weights at zero")
+
+
+def summarise(records: list[dict[str, Any]], spec: MetricSpec, by: tuple[str, ...] = ("level", "arm"),
+              order: Mapping[str, int] = {}) -> list[dict[str, Any]]:
+    """One row per group (default: level and arm): mean and std over replicates of density, early-stop
+    step and the primary metric on val and test, at early stop and at the end."""
+    keys = [f"val_{spec.primary}", f"test_{spec.primary}"]
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for rec in records:
+        groups.setdefault(tuple(rec[k] for k in by), []).append(rec)
+
+    def sort_key(item: tuple[tuple[Any, ...], Any]) -> tuple[Any, ...]:
+        return tuple(order.get(v, 99) if isinstance(v, str) else v for v in item[0])
+
+    rows = []
+    for group, recs in sorted(groups.items(), key=sort_key):
+        row: dict[str, Any] = {**dict(zip(by, group)), "replicates": len(recs),
+                               "density": sum(r["density"] for r in recs) / len(recs)}
+        values = {"early_stop_step": [r["early_stop_step"] for r in recs]}
+        for key in keys:
+            values[f"es_{key}"] = [r["at_early_stop"][key] for r in recs if key in r["at_early_stop"]]
+            values[f"final_{key}"] = [r["final"][key] for r in recs if key in r["final"]]
+        for name, vs in values.items():
+            if vs:
+                mean = sum(vs) / len(vs)
+                row[f"{name}_mean"] = mean
+                row[f"{name}_std"] = math.sqrt(sum((v - mean) ** 2 for v in vs) / len(vs))
+        rows.append(row)
+    return rows
