@@ -164,3 +164,50 @@ def test_missing_dataset_names_path_and_layout_and_records_no_run(cli_env, tmp_p
     assert f"MNIST not found in {tmp_path / 'nodata' / 'MNIST' / 'raw'}" in r.output
     assert "train-images-idx3-ubyte" in r.output and "TICKETX_DATA" in r.output
     assert MlflowClient(cli_env["MLFLOW_TRACKING_URI"]).get_experiment_by_name(experiment) is None
+
+
+TRANSFER_RECIPE = """
+name = "toyxfer"
+description = "toy transfer onto 3 classes"
+[task]
+plugin = "toy"
+name = "gauss"
+classes = 3
+data_seed = 7
+[train]
+steps = 60
+batch_size = 32
+lr = 0.01
+eval_every = 30
+"""
+
+
+def test_transfer_by_run_id_and_errors(cli_env, recipe, tmp_path, experiment):
+    from mlflow import MlflowClient
+    assert invoke("find", str(recipe), "--experiment", experiment, "--set", "train.steps=60").exit_code == 0
+    client = MlflowClient(cli_env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(experiment)
+    parent = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("ticketx.kind") == "find")
+    target = tmp_path / "xfer.toml"
+    target.write_text(TRANSFER_RECIPE)
+    r = invoke("transfer", f"{parent.info.run_id}@1", "--to", str(target), "--experiment", experiment + "-x",
+               "--set", "train.lr=[0.01,0.003]")
+    assert r.exit_code == 0, r.output
+    assert "transferred - random_ticket" in r.output and "curves.png" in r.output
+    header = next(line for line in r.output.splitlines() if line.startswith("level  density"))
+    assert " lr " in header
+    bad = invoke("transfer", f"{parent.info.run_id}@5", "--to", str(target))
+    assert bad.exit_code == 1 and "has no level [5]" in bad.output
+    bad = invoke("transfer", f"{parent.info.run_id}@1", "--to", str(target), "--set", "task.hidden=8")
+    assert bad.exit_code == 1 and "0.weight: ticket shape (32, 16), model shape (8, 16)" in bad.output
+    bad = invoke("transfer", f"{parent.info.run_id}@1", "--to", str(target), "--set", "train.lr=[]")
+    assert bad.exit_code == 1 and "empty learning-rate grid" in bad.output
+
+
+def test_transfer_subprocess_from_job_folder(cli_env, recipe, tmp_path, experiment):
+    assert invoke("find", str(recipe), "--experiment", experiment, "--set", "train.steps=60").exit_code == 0
+    job = next(Path("ticketx-runs").glob("toycli-*"))
+    r = run_cli(["transfer", str(job), "--to", "toy/gauss", "--levels", "all", "--experiment", experiment + "-s",
+                 "--set", "train.optimizer=sgd", "--set", "train.lr=0.1"], cli_env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "masks_reinit" in r.stdout and "at 53.85% of weights" in r.stdout  # the 4-class head is dense

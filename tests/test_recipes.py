@@ -1,5 +1,7 @@
-"""Every shipped recipe parses, and names only layers its model really has."""
+"""Every shipped recipe parses, names only layers its model really has, and the commands in transfer
+recipes' headers name find recipes that exist and the job folders those recipes write."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -7,16 +9,22 @@ import pytest
 from ticketx import config as C
 from ticketx import plugins
 
-RECIPES = sorted((Path(__file__).parents[1] / "recipes").rglob("*.toml"))
+ROOT = Path(__file__).parents[1]
+RECIPES = sorted((ROOT / "recipes").rglob("*.toml"))
+
+
+def kind(path: Path) -> type:
+    return C.TransferConfig if "transfer" in C.read_recipe(path) else C.FindConfig
 
 
 def test_recipes_exist():
-    assert len(RECIPES) >= 11
+    assert len(RECIPES) >= 20
+    assert sum(kind(p) is C.TransferConfig for p in RECIPES) >= 7
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(p.parents[1])))
 def test_recipe_is_valid(path: Path, tmp_path: Path):
-    cfg = C.load(path)
+    cfg = C.load(path, cls=kind(path))
     assert cfg.description, "a recipe names the paper and figure it reproduces"
     available = plugins.discover({})
     if cfg.task.plugin not in available:
@@ -24,5 +32,17 @@ def test_recipe_is_valid(path: Path, tmp_path: Path):
     task = plugins.make_task(cfg.task.plugin, cfg.task.name, cfg.task.options, available=available,
                              data_root=tmp_path)  # no data is read to build a model of a known dataset
     prunable = task.prunable(task.build_model(cfg.seed))
-    named = set(cfg.prune.layer_rates) | set(cfg.prune.exclude)
-    assert named <= set(prunable), f"{sorted(named - set(prunable))} not in {sorted(prunable)}"
+    if isinstance(cfg, C.FindConfig):
+        named = set(cfg.prune.layer_rates) | set(cfg.prune.exclude)
+        assert named <= set(prunable), f"{sorted(named - set(prunable))} not in {sorted(prunable)}"
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if "ticketx transfer" in p.read_text()],
+                         ids=lambda p: p.name)
+def test_transfer_recipe_commands_fit_together(path: Path):
+    text = path.read_text()
+    find = re.search(r"ticketx find (\S+)", text)
+    job = re.search(r"ticketx transfer ticketx-runs/(\S+)-\* --to (\S+)", text)
+    assert job and job.group(2) == str(path.relative_to(ROOT))
+    source_name = C.load(ROOT / find.group(1)).name if find else "quickstart"
+    assert job.group(1) == source_name

@@ -14,26 +14,29 @@ from ticketx.task import Masks, MetricSpec, Observer, Plan, TaskError
 
 
 class ToyTask:
-    """Classify 16-d Gaussian points labelled by a fixed random teacher network (4 classes)."""
+    """Classify 16-d Gaussian points labelled by a fixed random linear teacher (4 classes by default)."""
 
     metrics = MetricSpec()
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        unknown = set(options) - {"hidden", "n_train"}
+        unknown = set(options) - {"hidden", "n_train", "classes", "data_seed"}
         if unknown:
             raise TaskError(f"unknown toy option(s): {sorted(unknown)}")
         self.name = name
         self.hidden = int(options.get("hidden", 32))
-        g = torch.Generator().manual_seed(1234)
+        self.classes = int(options.get("classes", 4))
+        self.data_seed = int(options.get("data_seed", 1234))  # another seed: another "dataset"
+        g = torch.Generator().manual_seed(self.data_seed)
         n = int(options.get("n_train", 1024))
         x = torch.randn(n + 512 + 512, 16, generator=g)
-        teacher = torch.randn(16, 4, generator=g)
+        teacher = torch.randn(16, self.classes, generator=g)
         y = (x @ teacher).argmax(dim=1)
         self.train_x, self.train_y = x[:n], y[:n]
         self.splits = {"val": (x[n : n + 512], y[n : n + 512]), "test": (x[n + 512 :], y[n + 512 :])}
 
     def spec(self) -> dict[str, Any]:
-        return {"plugin": "toy", "task": self.name, "options": {"hidden": self.hidden}}
+        return {"plugin": "toy", "task": self.name,
+                "options": {"hidden": self.hidden, "classes": self.classes, "data_seed": self.data_seed}}
 
     def prepare(self) -> None:
         """The data is made in __init__: nothing to load."""
@@ -42,7 +45,7 @@ class ToyTask:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return nn.Sequential(nn.Linear(16, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.hidden),
-                                 nn.ReLU(), nn.Linear(self.hidden, 4))
+                                 nn.ReLU(), nn.Linear(self.hidden, self.classes))
 
     def prunable(self, model: nn.Module) -> dict[str, nn.Parameter]:
         return {n: p for n, p in model.named_parameters() if p.dim() >= 2}

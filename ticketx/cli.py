@@ -73,7 +73,7 @@ def _fmt(metric: str, value: float | None) -> str:
     return f"{100 * value:.2f}%" if metric == "accuracy" else f"{value:.4g}"
 
 
-def _table(rows: list[dict[str, Any]], primary: str) -> str:
+def _table(rows: list[dict[str, Any]], primary: str, lr: bool = False) -> str:
     def cell(row: dict[str, Any], key: str) -> str:
         if f"{key}_mean" not in row:
             return "-"
@@ -85,11 +85,11 @@ def _table(rows: list[dict[str, Any]], primary: str) -> str:
             text += f"±{_fmt(primary, std).rstrip('%')}"
         return text
 
-    head = ["level", "density", "arm", "early-stop it", f"val {primary}", f"test {primary} @es",
-            f"test {primary} @end"]
-    body = [[str(r["level"]), f"{100 * r['density']:.2f}%", r["arm"], cell(r, "early_stop_step"),
-             cell(r, f"es_val_{primary}"), cell(r, f"es_test_{primary}"), cell(r, f"final_test_{primary}")]
-            for r in rows]
+    head = ["level", "density", "arm", *(["lr"] if lr else []), "early-stop it", f"val {primary}",
+            f"test {primary} @es", f"test {primary} @end"]
+    body = [[str(r["level"]), f"{100 * r['density']:.2f}%", r["arm"], *([f"{r['lr']:g}"] if lr else []),
+             cell(r, "early_stop_step"), cell(r, f"es_val_{primary}"), cell(r, f"es_test_{primary}"),
+             cell(r, f"final_test_{primary}")] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -167,6 +167,76 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
     if tracker.ui_command():
         click.echo(f"open it:     {tracker.ui_command()}")
     click.echo(f"then:        {tracker.ui_link(result.experiment_id)}")
+
+
+@main.command()
+@click.argument("ticket_ref", metavar="TICKET")
+@click.option("--to", "to", required=True, metavar="TARGET",
+              help="a transfer recipe (.toml) or PLUGIN/TASK, e.g. vision/fashion_mnist")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a target key, e.g. --set train.optimizer=sgd --set 'train.lr=[0.1,0.03,0.01]'")
+@click.option("--levels", help="levels of a find job to transfer: 'all' or e.g. '2,4' "
+                               "(default: the pruned level with the best validation metric)")
+@click.option("--compare", "compare_ref", metavar="FIND_JOB",
+              help="a find job on the target (folder or run id): its tickets train as the target_ticket arm")
+@click.option("--experiment", help="MLflow experiment (default: the target recipe's name)")
+@click.option("--data-root", help=f"dataset folder (default: ${DATA_ENV}, else ~/.cache/ticketx/data)")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("ticketx-runs"), show_default=True,
+              envvar="TICKETX_OUT", help="where job folders are written")
+def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str | None, compare_ref: str | None,
+             experiment: str | None, data_root: str | None, out: Path) -> None:
+    """Train a ticket (a ticket folder, a find job folder, runs:/RUN_ID/ticket, or RUN_ID[@LEVEL]) on
+    another dataset, optimizer or learning rate, beside a random ticket, the ticket's masks with fresh
+    weights, and the dense network. A list of learning rates is a grid: validation picks one per arm."""
+    from . import plugins
+    from . import transfer as transferlib
+    from .tracking import Tracker
+
+    try:
+        tracker = Tracker()
+        tracker.check_reachable()
+        fetch = transferlib.workdir()
+        available = plugins.discover()
+        cfg = transferlib.target_config(to, transferlib.peek(ticket_ref, tracker, fetch), overrides)
+        task = plugins.make_task(cfg.task.plugin, cfg.task.name, cfg.task.options, available=available,
+                                 data_root=resolve_data_root(data_root))
+        # "the best level" is judged by the target's metric and direction (accuracy up, perplexity down)
+        sources = transferlib.resolve(ticket_ref, tracker, task.metrics, levels=levels, workdir=fetch)
+        compare = (transferlib.resolve(compare_ref, tracker, task.metrics, levels="all", workdir=fetch)
+                   if compare_ref else [])
+        click.echo(f"ticketx transfer {cfg.name}: {len(sources)} ticket(s) from {ticket_ref} "
+                   f"(levels {', '.join(str(s.level) for s in sources)}) onto {cfg.task.plugin}/{cfg.task.name}, "
+                   f"{cfg.train.optimizer} lr {' '.join(f'{x:g}' for x in cfg.lrs)}, {cfg.replicates} replicate(s); "
+                   f"MLflow store {tracker.uri}")
+        result = transferlib.run_transfer(cfg, task, sources, tracker, root=out, compare=compare,
+                                          experiment=experiment, progress=_Printer(task.metrics.primary))
+    except _errors() as e:
+        raise click.ClickException(str(e)) from None
+    primary = result.metrics.primary
+    click.echo("\n" + _table(result.rows, primary, lr=True))
+    gaps = _transfer_gaps(result.rows, primary, result.metrics.higher_is_better)
+    if gaps:
+        click.echo(gaps)
+    click.echo(f"\njob folder:  {result.job_dir}  (results.csv, curves.png)")
+    click.echo(f"figure:      {result.figure}")
+    click.echo(f"MLflow run:  {result.parent_run_id} (experiment {result.experiment_id})")
+    if tracker.ui_command():
+        click.echo(f"open it:     {tracker.ui_command()}")
+    click.echo(f"then:        {tracker.ui_link(result.experiment_id)}")
+
+
+def _transfer_gaps(rows: list[dict[str, Any]], primary: str, higher_is_better: bool) -> str:
+    key = f"es_test_{primary}_mean"
+    out = []
+    for level in sorted({r["level"] for r in rows if r["arm"] == "transferred"}):
+        at = {r["arm"]: r for r in rows if r["level"] == level}
+        if key in at.get("transferred", {}) and key in at.get("random_ticket", {}):
+            diff = (at["transferred"][key] - at["random_ticket"][key]) * (1 if higher_is_better else -1)
+            scale, unit = (100, " points") if primary == "accuracy" else (1, "")
+            out.append(f"  at {100 * at['transferred']['density']:.2f}% of weights: transferred - random_ticket "
+                       f"= {scale * diff:+.2f}{unit}")
+    return ("\ntest " + primary + " at early stop, transferred ticket against a random ticket:\n"
+            + "\n".join(out)) if out else ""
 
 
 @main.command()

@@ -103,21 +103,46 @@ class PruneConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FindConfig:
-    """One ticket search: a task, how to train, how to prune, which arms, how many replicates."""
+class RunConfig:
+    """What find and transfer jobs share: a task, how to train, seeds and replicates."""
 
     name: str = "ticketx"  # also the default MLflow experiment
     description: str = ""  # the paper, figure and deviations a recipe reproduces
     seed: int = 0  # init seed of replicate 0; replicate r uses seed + r
     data_seed: int | None = None  # data-order seed of replicate 0 (default: seed); replicate r adds r
     replicates: int = 1
-    arms: tuple[str, ...] = ARMS  # which arms train at levels >= 1 (level 0 trains the dense network)
     task: TaskConfig
     train: TrainConfig = field(default_factory=TrainConfig)
-    prune: PruneConfig = field(default_factory=PruneConfig)
 
     def __post_init__(self) -> None:
         _positive("replicates", self.replicates)
+
+    def init_seed(self, replicate: int) -> int:
+        return self.seed + replicate
+
+    def order_seed(self, replicate: int) -> int:
+        return (self.seed if self.data_seed is None else self.data_seed) + replicate
+
+    def plan(self, replicate: int, start_step: int = 0, lr: float | None = None) -> Plan:
+        """The training plan of one arm of `replicate`, starting at `start_step` (at `lr` if given)."""
+        t = self.train
+        return Plan(
+            steps=t.steps, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr if lr is None else lr,
+            momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay,
+            warmup_steps=t.warmup_steps, milestones=t.milestones, gamma=t.gamma, eval_every=t.eval_every,
+            start_step=start_step, data_seed=self.order_seed(replicate),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class FindConfig(RunConfig):
+    """One ticket search: a task, how to train, how to prune, which arms, how many replicates."""
+
+    arms: tuple[str, ...] = ARMS  # which arms train at levels >= 1 (level 0 trains the dense network)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         bad = [a for a in self.arms if a not in ARMS]
         if bad or not self.arms:
             raise ConfigError(f"arms must be a non-empty list of {list(ARMS)}, got {list(self.arms)}")
@@ -128,21 +153,38 @@ class FindConfig:
                 f"prune.rewind_step ({self.prune.rewind_step}) must be below train.steps ({self.train.steps})"
             )
 
-    def init_seed(self, replicate: int) -> int:
-        return self.seed + replicate
 
-    def order_seed(self, replicate: int) -> int:
-        return (self.seed if self.data_seed is None else self.data_seed) + replicate
+TRANSFER_ARMS = ("transferred", "random_ticket", "masks_reinit", "dense")
 
-    def plan(self, replicate: int, start_step: int = 0) -> Plan:
-        """The training plan of one arm of `replicate`, starting at `start_step`."""
-        t = self.train
-        return Plan(
-            steps=t.steps, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr, momentum=t.momentum,
-            nesterov=t.nesterov, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
-            milestones=t.milestones, gamma=t.gamma, eval_every=t.eval_every, start_step=start_step,
-            data_seed=self.order_seed(replicate),
-        )
+
+@dataclass(frozen=True, kw_only=True)
+class TransferOptions:
+    """How a ticket is put onto the target task."""
+
+    # the target's head (Task.head: classifier, vocabulary layers) is always re-initialised; "dense" keeps
+    # it unpruned, "pruned" prunes it at random to the density the source ticket had in that layer
+    head: Literal["dense", "pruned"] = "dense"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferConfig(RunConfig):
+    """Train tickets from a source task on a target task, beside the controls that give them meaning."""
+
+    arms: tuple[str, ...] = TRANSFER_ARMS  # "target_ticket" is added by --compare
+    lr_grid: tuple[float, ...] = ()  # set by `train.lr = [..]`; the best is chosen on validation
+    transfer: TransferOptions = field(default_factory=TransferOptions)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = [a for a in self.arms if a not in (*TRANSFER_ARMS, "target_ticket")]
+        if bad or not self.arms:
+            raise ConfigError(f"arms must be a non-empty list of {list(TRANSFER_ARMS)}, got {list(self.arms)}")
+        if any(not lr > 0 for lr in self.lr_grid):
+            raise ConfigError(f"train.lr values must be > 0, got {list(self.lr_grid)}")
+
+    @property
+    def lrs(self) -> tuple[float, ...]:
+        return self.lr_grid or (self.train.lr,)
 
 
 def _positive(key: str, value: int) -> None:
@@ -165,7 +207,7 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(config)
 
 
-def config_hash(config: FindConfig) -> str:
+def config_hash(config: RunConfig) -> str:
     """Hash of everything that changes results (not the name or description), as hex."""
     data = to_dict(config)
     data.pop("name"), data.pop("description")
@@ -273,14 +315,19 @@ def _task_config(data: Mapping[str, Any]) -> TaskConfig:
     return TaskConfig(plugin=data["plugin"], name=data["name"], options=options)
 
 
-def from_dict(data: Mapping[str, Any]) -> FindConfig:
-    """Build and check a FindConfig from nested plain data (a parsed recipe)."""
+def from_dict(data: Mapping[str, Any], cls: type[RunConfig] = FindConfig) -> Any:
+    """Build and check a FindConfig (or `cls`) from nested plain data (a parsed recipe)."""
     if "task" not in data:
         raise ConfigError("missing key: task (e.g. [task] plugin = \"vision\", name = \"mnist\")")
     rest = {k: v for k, v in data.items() if k != "task"}
     task = _task_config(data["task"])
+    if cls is TransferConfig and isinstance(rest.get("train"), Mapping) and isinstance(rest["train"].get("lr"), list):
+        grid = rest["train"]["lr"]  # a learning-rate grid: every value trains, validation picks one
+        if not grid:
+            raise ConfigError("train.lr is an empty learning-rate grid; give at least one value, e.g. [0.01]")
+        rest = {**rest, "lr_grid": grid, "train": {**rest["train"], "lr": grid[0]}}
     # build with a placeholder so unknown and ill-typed keys are reported before the task is
-    config = _build(FindConfig, {**rest, "task": {"plugin": task.plugin, "name": task.name}}, "")
+    config = _build(cls, {**rest, "task": {"plugin": task.plugin, "name": task.name}}, "")
     return dataclasses.replace(config, task=task)
 
 
@@ -332,8 +379,8 @@ def read_recipe(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
 
 
-def load(path: Path, overrides: Sequence[str] = ()) -> FindConfig:
+def load(path: Path, overrides: Sequence[str] = (), cls: type[RunConfig] = FindConfig) -> Any:
     """Read a recipe, apply `--set` overrides, and check everything."""
     data = apply_overrides(read_recipe(path), overrides)
     data.setdefault("name", path.stem)
-    return from_dict(data)
+    return from_dict(data, cls)

@@ -100,7 +100,7 @@ class _Search:
         t = ticketlib.make(masks, load_file(str(self.rewind_file(replicate))), task=self.task.spec(),
                            seed=self.config.init_seed(replicate), replicate=replicate, level=level,
                            rewind_step=p.rewind_step, source_run_id=self.job.parent,
-                           config_hash=self.job.hash)
+                           config_hash=self.job.hash, train=to_dict(self.config.train))
         ticketlib.save(t, path)
         return t
 

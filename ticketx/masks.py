@@ -124,13 +124,15 @@ def random_like(masks: Mapping[str, torch.Tensor], generator: torch.Generator) -
 
     The random-pruning control of Frankle & Carbin: same per-layer sparsity, random positions.
     """
-    out: Masks = {}
-    for name, m in masks.items():
-        n_keep = int((m > 0).sum())
-        keep = torch.zeros(m.numel(), dtype=torch.bool)
-        keep[torch.randperm(m.numel(), generator=generator)[:n_keep]] = True
-        out[name] = keep.view_as(m).to(m.dtype)
-    return out
+    return {name: random_at_density(m, int((m > 0).sum()) / m.numel(), generator) for name, m in masks.items()}
+
+
+def random_at_density(like: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
+    """A random 0/1 mask of `like`'s shape and dtype keeping round(density * numel) entries."""
+    n_keep = int(density * like.numel() + 0.5)
+    keep = torch.zeros(like.numel(), dtype=torch.bool)
+    keep[torch.randperm(like.numel(), generator=generator)[:n_keep]] = True
+    return keep.view_as(like).to(like.dtype)
 
 
 def density(masks: Mapping[str, torch.Tensor]) -> float:

@@ -138,6 +138,19 @@ class Tracker:
         return self._call("search runs", self.client.search_runs, [experiment_id],
                           filter_string=f"tags.`{PARENT_TAG}` = '{parent}'", max_results=5000)
 
+    def get_run(self, run_id: str) -> Any:
+        """The run `run_id`; TrackingError naming it when this store has no such run."""
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            raise TrackingError(f"no MLflow run {run_id} in {self.uri}") from None
+
+    def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
+        """Fetch a run's artifact (file or folder) into `dst`; returns the local path."""
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self._call(f"download {artifact_path} of run {run_id}", self.client.download_artifacts,
+                               run_id, artifact_path, str(dst)))
+
     def ui_link(self, experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
         """Where the runs table (nested runs under their parent) opens in the MLflow UI."""
         base = self.uri.rstrip("/") if self.uri.startswith("http") else server

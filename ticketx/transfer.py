@@ -1,0 +1,376 @@
+"""Tickets onto other tasks: datasets, optimizers, learning rates (Morcos et al. 2019, arXiv 1906.02773).
+
+For every source ticket (one per level) and every learning rate of the grid, each replicate trains on
+the target task:
+
+    transferred    the ticket's masks and weights; the target's head re-initialised (dense by default)
+    random_ticket  random masks at the same per-layer sparsity, fresh initialisation
+    masks_reinit   the ticket's masks, fresh initialisation
+    dense          the unpruned network, fresh initialisation (once, not per level)
+    target_ticket  with --compare: the ticket a find job on the target itself found at the same level
+
+The learning rate of each (level, arm) is chosen on the target's validation split (mean over replicates
+of the validation metric at early stop); the test split only reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import masks as masklib
+from . import ticket as ticketlib
+from . import config as configlib
+from .config import TransferConfig, to_dict
+from .jobs import ArmSetup, Job, Progress, summarise
+from .task import Masks, MetricSpec, Task
+from .ticket import Ticket, TicketError
+from .tracking import Tracker, flatten
+
+ARM_ORDER = {"transferred": 0, "random_ticket": 1, "masks_reinit": 2, "target_ticket": 3, "dense": 4}
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One ticket to transfer: the level it was found at, the ticket, and where it came from."""
+
+    level: int
+    ticket: Ticket
+    where: str
+
+
+# ------------------------------------------------------------------------------------- finding tickets
+
+def _pick_levels(found: Mapping[int, Any], scores: Mapping[int, float], levels: str | None,
+                 higher_is_better: bool, what: str) -> list[int]:
+    """The levels asked for: a list, "all", or (None) the pruned level with the best validation score."""
+    if not found:
+        raise TicketError(f"{what} holds no tickets")
+    if levels == "all":  # every pruned level; level 0's "ticket" is the dense network the dense arm trains
+        return sorted(lv for lv in found if lv > 0) or sorted(found)
+    if levels:
+        try:
+            wanted = sorted({int(x) for x in levels.split(",")})
+        except ValueError:
+            raise TicketError(f"levels must be 'all' or a comma-separated list of integers, got {levels!r}") from None
+        missing = [lv for lv in wanted if lv not in found]
+        if missing:
+            raise TicketError(f"{what} has no level {missing}; its levels: {sorted(found)}")
+        return wanted
+    pruned = {lv: s for lv, s in scores.items() if lv > 0} or dict(scores)
+    if not pruned:
+        raise TicketError(f"{what}: no validation score to choose the best level by; name one with --levels")
+    return [max(pruned, key=lambda lv: pruned[lv] if higher_is_better else -pruned[lv])]
+
+
+def resolve(ref: str, tracker: Tracker, spec: MetricSpec, *, levels: str | None, workdir: Path) -> list[Source]:
+    """Tickets named by `ref`: a ticket folder, a find job folder, a `runs:/` URI, or `RUN_ID[@LEVEL]`.
+
+    A job (folder or parent run id) gives its replicate-0 tickets at `levels` ("all", "1,3"), or at the
+    pruned level with the best validation metric when none is named.
+    """
+    key = f"es_val_{spec.primary}"
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if (path / ticketlib.META).exists():
+            if levels:
+                raise TicketError(f"{ref} is a single ticket; --levels applies to a find job (folder or run id)")
+            t = ticketlib.load(path)
+            return [Source(int(t.meta.get("level", 0)), t, str(path))]
+        if (path / "job.json").exists():
+            found, scores = {}, {}
+            for d in sorted((path / "r0").glob("L*")):
+                if (d / "ticket" / ticketlib.META).exists():
+                    lv = int(d.name[1:])
+                    found[lv] = d / "ticket"
+                    for arm in ("ticket", "dense"):
+                        if (d / f"{arm}.json").exists():
+                            rec = json.loads((d / f"{arm}.json").read_text())
+                            if key in rec.get("at_early_stop", {}):
+                                scores[lv] = rec["at_early_stop"][key]
+            chosen = _pick_levels(found, scores, levels, spec.higher_is_better, f"find job {path}")
+            return [Source(lv, ticketlib.load(found[lv]), str(found[lv])) for lv in chosen]
+        raise TicketError(f"{path}: neither a ticket folder ({ticketlib.META}) nor a find job folder (job.json)")
+    if ref.startswith("runs:/"):
+        run_id, _, artifact = ref[len("runs:/"):].partition("/")
+        local = tracker.download(tracker.get_run(run_id).info.run_id, artifact or "ticket", workdir / run_id)
+        t = ticketlib.load(local)
+        return [Source(int(t.meta.get("level", 0)), t, ref)]
+    run_id, at, level = ref.partition("@")
+    if not _RUN_ID.match(run_id):
+        raise TicketError(f"{ref!r} is not a ticket folder, a find job folder, a runs:/ URI or an MLflow run id "
+                          "(RUN_ID or RUN_ID@LEVEL)")
+    if at and levels:
+        raise TicketError(f"give the level either as {ref} or with --levels, not both")
+    run = tracker.get_run(run_id)
+    if "ticketx.arm" in run.data.tags:  # a child run: its own ticket
+        t = ticketlib.load(tracker.download(run_id, "ticket", workdir / run_id))
+        return [Source(int(t.meta.get("level", 0)), t, f"runs:/{run_id}/ticket")]
+    if run.data.tags.get("ticketx.kind") != "find":
+        raise TicketError(f"MLflow run {run_id} is not a ticketx find job or one of its ticket runs")
+    found, scores = {}, {}
+    for child in tracker.child_runs(run.info.experiment_id, run_id):
+        p = child.data.params
+        if p.get("arm") in ("ticket", "dense") and p.get("replicate") == "0" and child.info.status == "FINISHED":
+            lv = int(p["level"])
+            found[lv] = child.info.run_id
+            if key in child.data.metrics:
+                scores[lv] = child.data.metrics[key]
+    chosen = _pick_levels(found, scores, level or levels, spec.higher_is_better, f"find run {run_id}")
+    return [Source(lv, ticketlib.load(tracker.download(found[lv], "ticket", workdir / found[lv])),
+                   f"runs:/{found[lv]}/ticket") for lv in chosen]
+
+
+def peek(ref: str, tracker: Tracker, workdir: Path) -> Ticket:
+    """One ticket of `ref` (a job's dense level-0 ticket), to read the source's task and training config."""
+    path = Path(ref).expanduser()
+    run_id, at, _ = ref.partition("@")
+    job = (path.is_dir() and (path / "job.json").exists()) or (
+        not path.exists() and _RUN_ID.match(run_id) and not at
+        and "ticketx.arm" not in tracker.get_run(run_id).data.tags)
+    return resolve(ref, tracker, MetricSpec(), levels="0" if job else None, workdir=workdir)[0].ticket
+
+
+# ------------------------------------------------------------------------------------- the transfer
+
+@dataclass(frozen=True)
+class TransferResult:
+    """What a transfer job produced, and where it is recorded."""
+
+    job_dir: Path
+    experiment_id: str
+    parent_run_id: str
+    records: list[dict[str, Any]]  # one per (level, lr, arm, replicate)
+    rows: list[dict[str, Any]]  # one per (level, arm), at the learning rate chosen on validation
+    metrics: MetricSpec
+    figure: Path | None
+
+
+def check_source(source: Source, target: Task, model: nn.Module) -> None:
+    """Raise TicketError when a ticket cannot go onto `target`'s model, naming every mismatch."""
+    spec, src = target.spec(), source.ticket.meta.get("task", {})
+    src_plugin = src.get("plugin") if isinstance(src, dict) else None
+    if src_plugin != spec.get("plugin"):
+        raise TicketError(f"{source.where} was found on a task of plugin {src_plugin!r} "
+                          f"({src.get('task') if isinstance(src, dict) else src}); the target is a "
+                          f"{spec.get('plugin')!r} task and cannot take it")
+    head = target.head(model)
+    try:
+        ticketlib.check_fits(source.ticket, model, target.prunable(model), ignore=head)
+    except TicketError as e:
+        raise TicketError(f"{source.where} does not fit the target {spec.get('plugin')}/{spec.get('task')}: "
+                          f"{str(e).split(': ', 1)[-1]} (the head rule re-initialised {sorted(head)} on the "
+                          "target and did not compare them)") from None
+
+
+def _head_masks(source: Ticket, prunable: Mapping[str, torch.Tensor], head: set[str], mode: str,
+                generator: torch.Generator) -> Masks:
+    """The transferred masks: the ticket's outside the head; the head dense, or random at the ticket's
+    density for that layer (the whole ticket's density where the ticket has no such layer)."""
+    layer_density = {x["name"]: x["density"] for x in source.meta.get("layers", []) if isinstance(x, dict)}
+    masks: Masks = {}
+    for name, p in prunable.items():
+        if name not in head:
+            masks[name] = source.masks[name].to(p.dtype)
+        elif mode == "dense":
+            masks[name] = torch.ones_like(p.detach())
+        else:
+            masks[name] = masklib.random_at_density(p.detach(), layer_density.get(name, source.density), generator)
+    return masks
+
+
+class _Transfer:
+    def __init__(self, config: TransferConfig, target: Task, sources: list[Source],
+                 compare: Mapping[int, Source], job: Job) -> None:
+        self.config, self.target, self.sources, self.compare, self.job = config, target, sources, compare, job
+
+    def run(self) -> list[dict[str, Any]]:
+        c = self.config
+        records = []
+        for r in range(c.replicates):
+            for i, lr in enumerate(c.lrs):
+                if "dense" in c.arms:
+                    records.append(self.arm(None, i, lr, r, "dense"))
+                for source in self.sources:
+                    for arm in c.arms:
+                        if arm != "dense":
+                            records.append(self.arm(source, i, lr, r, arm))
+        return records
+
+    def arm(self, source: Source | None, i: int, lr: float, replicate: int, arm: str) -> dict[str, Any]:
+        c, t = self.config, self.target
+        level = source.level if source else 0
+        seed = c.init_seed(replicate)
+        fresh_seed = 1_000_003 + 1_000 * seed + level  # never any replicate's init seed
+
+        def setup() -> ArmSetup:
+            plan = c.plan(replicate, lr=lr)
+            params = {"lr": f"{lr:g}", "init_seed": str(seed)}
+            model = t.build_model(seed)
+            prunable = t.prunable(model)
+            if source is None:
+                return ArmSetup(model, masklib.ones({n: p.detach() for n, p in prunable.items()}), plan, params)
+            params["source"] = source.where
+            if arm == "target_ticket":
+                own = self.compare[level].ticket
+                model.load_state_dict(own.weights)
+                params["source"] = self.compare[level].where
+                return ArmSetup(model, dict(own.masks), plan, params)
+            head = t.head(model)
+            g = torch.Generator().manual_seed(3_000_017 + 1_000 * seed + level)
+            masks = _head_masks(source.ticket, prunable, head, c.transfer.head, g)
+            if arm == "transferred":
+                state = model.state_dict()
+                state.update({k: v for k, v in source.ticket.weights.items() if k not in head})
+                model.load_state_dict(state)
+                return ArmSetup(model, masks, plan, params)
+            model, params["init_seed"] = t.build_model(fresh_seed), str(fresh_seed)
+            if arm == "random_ticket":
+                masks = masklib.random_like(masks, g)
+            return ArmSetup(model, masks, plan, params)  # masks_reinit: the ticket's masks, fresh weights
+
+        folder = self.job.folder("dense" if source is None else f"L{level:02d}", f"lr{i}", f"r{replicate}")
+        info = {"replicate": replicate, "level": level, "arm": arm, "lr": lr, "steps": c.train.steps}
+        return self.job.arm(folder, arm, info, setup, f"L{level:02d} {arm} lr={lr:g} r{replicate}")
+
+
+def choose_lr(records: list[dict[str, Any]], spec: MetricSpec) -> dict[tuple[int, str], float]:
+    """Per (level, arm): the learning rate with the best mean validation metric at early stop."""
+    key = f"val_{spec.primary}"
+    by: dict[tuple[int, str], dict[float, list[float]]] = {}
+    for rec in records:
+        by.setdefault((rec["level"], rec["arm"]), {}).setdefault(rec["lr"], []).append(rec["at_early_stop"][key])
+    sign = 1.0 if spec.higher_is_better else -1.0
+    return {k: max(v, key=lambda lr: sign * sum(v[lr]) / len(v[lr])) for k, v in by.items()}
+
+
+def plot(rows: list[dict[str, Any]], spec: MetricSpec, path: Path, title: str) -> Path:
+    """Target test metric at early stop against % of weights remaining (log axis), one line per arm."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    key = f"es_test_{spec.primary}"
+    scale = 100.0 if spec.primary == "accuracy" else 1.0
+    for arm in sorted({r["arm"] for r in rows}, key=lambda a: ARM_ORDER.get(a, 9)):
+        pts = sorted((r for r in rows if r["arm"] == arm and f"{key}_mean" in r), key=lambda r: -r["density"])
+        if not pts:
+            continue
+        x = [100 * r["density"] for r in pts]
+        y = [scale * r[f"{key}_mean"] for r in pts]
+        e = [scale * r[f"{key}_std"] for r in pts]
+        if arm == "dense":
+            ax.axhline(y[0], color="grey", linestyle="--", label=f"dense ({y[0]:.2f})")
+        else:
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=arm)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.set_xlabel("% of weights remaining")
+    ax.set_ylabel(f"test {spec.primary} at early stop" + (" (%)" if scale == 100 else ""))
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _identity(sources: list[Source]) -> list[dict[str, Any]]:
+    return [{"level": s.level, "sha256": s.ticket.meta.get("sha256")} for s in sources]
+
+
+def run_transfer(config: TransferConfig, target: Task, sources: list[Source], tracker: Tracker, *, root: Path,
+                 compare: list[Source] = (), experiment: str | None = None,
+                 progress: Progress | None = None) -> TransferResult:
+    """Train `sources` on `target` beside the controls; resume like find; choose lr on validation."""
+    c = config
+    if not sources:
+        raise TicketError("no ticket to transfer")
+    by_level = {s.level: s for s in compare}
+    if compare:
+        missing = sorted({s.level for s in sources} - set(by_level))
+        if missing:
+            raise TicketError(f"--compare has no ticket at level(s) {missing}; its levels: {sorted(by_level)}")
+        c = dataclasses.replace(c, arms=tuple(dict.fromkeys([*c.arms, "target_ticket"])))
+    target.prepare()
+    model = target.build_model(c.seed)
+    for s in sources:
+        check_source(s, target, model)
+    for s in compare:
+        ticketlib.check_fits(s.ticket, model, target.prunable(model))
+    identity = {"config": to_dict(c), "sources": _identity(sources), "compare": _identity(list(compare))}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    first = sources[0].ticket.meta
+    src_task = first.get("task", {})
+    src_run = str(first.get("source_run_id", ""))
+    note = f"{c.description}\n\nTickets from `{', '.join(s.where for s in sources)}`"
+    if src_run and tracker.exists(src_run):
+        note += f" (find run [{src_run}](#/experiments/{tracker.get_run(src_run).info.experiment_id}/runs/{src_run}))"
+    job = Job(kind="transfer", name=c.name, config_hash=digest, config=identity, task=target, tracker=tracker,
+              root=root, experiment=experiment or c.name, progress=progress,
+              tags={"ticketx.task": f"{c.task.plugin}/{c.task.name}", "ticketx.seed": str(c.seed),
+                    "ticketx.source_run_id": src_run, "ticketx.source": sources[0].where,
+                    "ticketx.source_task": json.dumps(src_task, sort_keys=True)[:5000],
+                    "mlflow.note.content": note},
+              params={**flatten(to_dict(c)), "source.levels": ",".join(str(s.level) for s in sources),
+                      "source.ref": sources[0].where[:500], "source.run_id": src_run})
+    job.open()
+    try:
+        records = _Transfer(c, target, sources, by_level, job).run()
+        chosen = choose_lr(records, target.metrics)
+        picked = [r for r in records if chosen[(r["level"], r["arm"])] == r["lr"]]
+        rows = summarise(picked, target.metrics, order=ARM_ORDER)
+        for row in rows:
+            row["lr"] = chosen[(row["level"], row["arm"])]
+            row["lr_grid"] = " ".join(f"{lr:g}" for lr in c.lrs)
+        all_rows = summarise(records, target.metrics, by=("level", "arm", "lr"), order=ARM_ORDER)
+        figure = plot(rows, target.metrics, job.dir / "curves.png",
+                      f"{src_task.get('task', '?') if isinstance(src_task, dict) else src_task} ticket -> "
+                      f"{c.task.name} ({c.train.optimizer})")
+        tracker.log_metrics(job.parent, {f"chosen_lr_L{r['level']:02d}_{r['arm']}": r["lr"] for r in rows})
+        with open(job.dir / "all_learning_rates.json", "w") as f:
+            json.dump(all_rows, f, indent=2)
+        job.close(rows, records, [figure, job.dir / "all_learning_rates.json"])
+    except BaseException as e:
+        job.fail(e)
+        raise
+    return TransferResult(job.dir, job.exp_id, job.parent, records, rows, target.metrics, figure)
+
+
+def workdir() -> Path:
+    """A temporary folder for tickets fetched from MLflow."""
+    return Path(tempfile.mkdtemp(prefix="ticketx-fetch-"))
+
+
+def target_config(to: str, source: Ticket, overrides: list[str] | tuple[str, ...]) -> TransferConfig:
+    """The target of `--to`: a recipe file, or `plugin/task`, which keeps the source's task options
+    (the model, ...) and training config and changes the task."""
+    path = Path(to).expanduser()
+    if path.suffix == ".toml" or path.exists():
+        return configlib.load(path, overrides, TransferConfig)
+    plugin, sep, name = to.partition("/")
+    if not sep or not plugin or not name:
+        raise configlib.ConfigError(f"--to takes a recipe file or PLUGIN/TASK (e.g. vision/fashion_mnist), got {to!r}")
+    src = source.meta.get("task", {}) if isinstance(source.meta.get("task"), dict) else {}
+    train = source.meta.get("train", {}) if isinstance(source.meta.get("train"), dict) else {}
+    data = {"name": f"transfer-{src.get('task', 'ticket')}-to-{name}",
+            "description": f"{src.get('plugin')}/{src.get('task')} ticket trained on {plugin}/{name}",
+            "task": {**dict(src.get("options", {})), "plugin": plugin, "name": name}, "train": dict(train)}
+    return configlib.from_dict(configlib.apply_overrides(data, overrides), TransferConfig)
