@@ -27,3 +27,25 @@ def test_quickstart_ticket_beats_both_controls_at_6_percent(tmp_path, tracker, e
     assert rows[(4, "ticket")]["density"] == pytest.approx(0.0635, abs=0.001)
     # DESIGN.md measured 98.0 / 96.2-96.4 / 94.9-95.0 with a plain reference implementation
     assert ticket > 0.975 and ticket - reinit > 0.01 and ticket - rprune > 0.02, (ticket, reinit, rprune)
+
+
+@pytest.mark.slow
+def test_mnist_ticket_transfers_to_fashion_mnist(tmp_path, tracker, experiment):
+    """MNIST -> Fashion-MNIST end to end on a small budget: the transfer runs every arm and records it."""
+    if not (DATA / "FashionMNIST" / "raw").is_dir():
+        pytest.skip(f"Fashion-MNIST not found under {DATA}")
+    from ticketx.transfer import resolve, run_transfer
+    cfg = C.load(QUICKSTART, ["replicates=1", "prune.levels=2", "train.steps=1000"])
+    available = plugins.discover({})
+    source_task = plugins.make_task("vision", "mnist", cfg.task.options, available=available, data_root=DATA)
+    found = run_find(cfg, source_task, tracker, root=tmp_path, experiment=experiment)
+    target_cfg = C.load(QUICKSTART.with_name("quickstart_transfer.toml"), ["train.steps=1000"], C.TransferConfig)
+    target = plugins.make_task("vision", "fashion_mnist", target_cfg.task.options, available=available,
+                               data_root=DATA)
+    sources = resolve(found.parent_run_id, tracker, target.metrics, levels="all", workdir=tmp_path / "fetch")
+    result = run_transfer(target_cfg, target, sources, tracker, root=tmp_path, experiment=experiment + "-x")
+    rows = {(r["level"], r["arm"]): r for r in result.rows}
+    assert len(result.records) == 1 + 2 * 3 and result.figure.stat().st_size > 10_000
+    for key, row in rows.items():
+        assert row["es_test_accuracy_mean"] > 0.80, key  # every arm learns Fashion-MNIST
+    assert rows[(2, "transferred")]["density"] < 0.3
