@@ -68,7 +68,12 @@ class Observer(Protocol):
 
 @runtime_checkable
 class Task(Protocol):
-    """One trainable problem: a model family on a dataset (or environment) with its metrics."""
+    """One trainable problem: a model family on a dataset (or environment) with its metrics.
+
+    Optional hook, looked up with getattr: `check_source(meta: dict) -> None` is called with a ticket's
+    metadata before the ticket is transferred onto this task, and raises TaskError for what tensor
+    shapes cannot tell (a ticket built on another vocabulary, say), naming what it expected.
+    """
 
     metrics: MetricSpec
 

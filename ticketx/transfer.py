@@ -165,6 +165,9 @@ def check_source(source: Source, target: Task, model: nn.Module) -> None:
         raise TicketError(f"{source.where} was found on a task of plugin {src_plugin!r} "
                           f"({src.get('task') if isinstance(src, dict) else src}); the target is a "
                           f"{spec.get('plugin')!r} task and cannot take it")
+    check = getattr(target, "check_source", None)  # optional hook: what shapes cannot tell (a vocabulary)
+    if check is not None:
+        check(source.ticket.meta)
     head = target.head(model)
     try:
         ticketlib.check_fits(source.ticket, model, target.prunable(model), ignore=head)
