@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ class ToyTask:
     metrics = MetricSpec()
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        unknown = set(options) - {"hidden", "n_train", "classes", "data_seed"}
+        unknown = set(options) - {"hidden", "n_train", "classes", "data_seed", "fail"}
         if unknown:
             raise TaskError(f"unknown toy option(s): {sorted(unknown)}")
         self.name = name
         self.hidden = int(options.get("hidden", 32))
+        # "LEVEL/ARM/raise" or "LEVEL/ARM/exit": that arm raises, or kills its process, when it trains
+        self.fail = str(options.get("fail", ""))
         self.classes = int(options.get("classes", 4))
         self.data_seed = int(options.get("data_seed", 1234))  # another seed: another "dataset"
         g = torch.Generator().manual_seed(self.data_seed)
@@ -54,6 +57,13 @@ class ToyTask:
         return {"4.weight", "4.bias"}
 
     def train(self, model: nn.Module, masks: Masks, plan: Plan, observer: Observer) -> None:
+        if self.fail:
+            level, arm, how = self.fail.split("/")
+            info = getattr(observer, "info", {})
+            if (str(info.get("level")), info.get("arm")) == (level, arm):
+                if how == "exit":
+                    os._exit(3)  # a worker killed from outside (out of memory, kill -9)
+                raise RuntimeError(f"toy task told to fail at level {level} arm {arm}")
         batches = training.EpochBatches(self.train_x, self.train_y, plan.batch_size, plan.data_seed)
         training.fit(model, masks, plan, observer, batch_at=batches, loss_fn=training.cross_entropy_loss,
                      evaluate=self._evaluate)

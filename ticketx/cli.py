@@ -30,10 +30,16 @@ def _errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .masks import MaskError
     from .plugins import PluginError
+    from .pool import WorkerError
     from .task import TaskError
     from .ticket import TicketError
     from .tracking import TrackingError
-    return ConfigError, MaskError, PluginError, TaskError, TicketError, TrackingError
+    return ConfigError, MaskError, PluginError, TaskError, TicketError, TrackingError, WorkerError
+
+
+def _workers(option: int | None) -> int:
+    from .pool import default_workers
+    return option or default_workers()
 
 
 class _Printer:
@@ -136,8 +142,10 @@ def main(threads: int) -> None:
 @click.option("--data-root", help=f"dataset folder (default: ${DATA_ENV}, else ~/.cache/ticketx/data)")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("ticketx-runs"), show_default=True,
               envvar="TICKETX_OUT", help="where job folders (tickets, results) are written")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="one-thread processes training arms side by side [default: the number of cores]")
 def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_root: str | None,
-         out: Path) -> None:
+         out: Path, workers: int | None) -> None:
     """Search for winning tickets by iterative magnitude pruning, with random-reinit and random-prune
     controls at every level. Running the same recipe again resumes where it stopped."""
     from . import config as configlib
@@ -154,7 +162,8 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
                    f"x {len(cfg.arms)} arms x {cfg.replicates} replicate(s), {cfg.train.steps} steps each; "
                    f"MLflow store {tracker.uri}")
         result = findlib.run_find(cfg, task, tracker, root=out, experiment=experiment,
-                                  progress=_Printer(task.metrics.primary))
+                                  progress=_Printer(task.metrics.primary), workers=_workers(workers),
+                                  data_root=resolve_data_root(data_root))
     except _errors() as e:
         raise click.ClickException(str(e)) from None
     rows = findlib.summarise(result.records, result.metrics, order=findlib.ARM_ORDER)

@@ -13,6 +13,7 @@ the next level's masks are cut) and one result per arm; `jobs.Job` makes re-runn
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from . import masks as masklib
+from . import pool
 from . import ticket as ticketlib
 from .config import ConfigError, FindConfig, config_hash, to_dict
 from .jobs import ArmSetup, Job, Progress, Recorder, clone_state, save_state, summarise
@@ -59,13 +61,19 @@ class _Search:
                 raise ConfigError(f"{key} names {unknown}, which the task does not prune; "
                                   f"prunable weights: {sorted(prunable)}")
 
-    def run(self) -> list[dict[str, Any]]:
-        records = []
-        for r in range(self.config.replicates):
-            for level in range(self.config.prune.levels + 1):
-                for arm in [DENSE] if level == 0 else self.config.arms:
-                    records.append(self.arm(r, level, arm))
-        return records
+    def units(self) -> dict[tuple[int, int, str], tuple[tuple[int, int, str], ...]]:
+        """(replicate, level, arm) -> the arm whose trained weights its masks are cut from."""
+        c, out = self.config, {}
+        for r in range(c.replicates):
+            for level in range(c.prune.levels + 1):
+                for arm in [DENSE] if level == 0 else c.arms:
+                    if level == 0:
+                        out[(r, level, arm)] = ()
+                    elif level == 1 or c.prune.mode == "oneshot":
+                        out[(r, level, arm)] = ((r, 0, DENSE),)
+                    else:
+                        out[(r, level, arm)] = ((r, level - 1, "ticket"),)
+        return out
 
     def level_dir(self, replicate: int, level: int) -> Path:
         return self.job.folder(f"r{replicate}", f"L{level:02d}")
@@ -140,30 +148,73 @@ class _Search:
                 save_state(self.rewind_file(replicate), recorder.captured)
             self.ticket(replicate, level, model)  # level 0's ticket is the dense one: all-ones masks at θk
             self.job.tracker.log_artifacts(run_id, d / "ticket", "ticket")
+            # cut the next tickets now, so the arms that need them never race to write them
+            p = c.prune
+            nxt = range(1, p.levels + 1) if p.mode == "oneshot" and level == 0 else (
+                [level + 1] if p.mode == "iterative" and level < p.levels else [])
+            for later in nxt:
+                self.ticket(replicate, later, model)
 
         info = {"replicate": replicate, "level": level, "arm": arm, "steps": c.train.steps}
         return self.job.arm(d, arm, info, setup, f"L{level:02d} {arm} r{replicate}", after)
 
 
+@dataclass(frozen=True)
+class _Work:
+    """What a worker process needs to train arms of a find job: everything by value, the task rebuilt."""
+
+    config: FindConfig
+    data_root: Path | None
+    tracker_uri: str
+    root: Path
+    experiment: str
+    parent: str
+    exp_id: str
+
+    def build(self, progress: Progress) -> Callable[[Any], dict[str, Any]]:
+        from . import plugins
+        c = self.config
+        task = plugins.make_task(c.task.plugin, c.task.name, c.task.options, available=plugins.discover(),
+                                 data_root=self.data_root)
+        task.prepare()
+        job = _job(c, task, Tracker(self.tracker_uri), self.root, self.experiment, progress)
+        job.parent, job.exp_id = self.parent, self.exp_id
+        search = _Search(c, task, job)
+        return lambda key: search.arm(*key)
+
+
+def _job(c: FindConfig, task: Task, tracker: Tracker, root: Path, experiment: str,
+         progress: Progress | None) -> Job:
+    return Job(kind="find", name=c.name, config_hash=config_hash(c), config=to_dict(c), task=task,
+               tracker=tracker, root=root, experiment=experiment, progress=progress,
+               tags={"ticketx.task": f"{c.task.plugin}/{c.task.name}", "ticketx.seed": str(c.seed),
+                     "mlflow.note.content": c.description},
+               params=flatten(to_dict(c)))
+
+
 def run_find(config: FindConfig, task: Task, tracker: Tracker, *, root: Path,
-             experiment: str | None = None, progress: Progress | None = None) -> FindResult:
+             experiment: str | None = None, progress: Progress | None = None, workers: int = 1,
+             data_root: Path | None = None) -> FindResult:
     """Run (or resume) a ticket search, recording every arm in MLflow under one parent run.
 
     `progress(event, info)` is called with events "resume", "start", "eval", "done" (info holds the
-    arm's record) and "skip" (an arm finished by an earlier run of the same job).
+    arm's record) and "skip" (an arm finished by an earlier run of the same job). With `workers` > 1,
+    arms whose masks are known train side by side in that many one-thread processes, each rebuilding
+    the task from `config.task` through its plugin (with `data_root`); the numbers are the same.
     """
     c = config
-    job = Job(kind="find", name=c.name, config_hash=config_hash(c), config=to_dict(c), task=task,
-              tracker=tracker, root=root, experiment=experiment or c.name, progress=progress,
-              tags={"ticketx.task": f"{c.task.plugin}/{c.task.name}", "ticketx.seed": str(c.seed),
-                    "mlflow.note.content": c.description},
-              params=flatten(to_dict(c)))
+    job = _job(c, task, tracker, root, experiment or c.name, progress)
     search = _Search(c, task, job)
     task.prepare()  # a missing dataset fails here, before any MLflow run exists
     search.check_layers()
     job.open()
     try:
-        records = search.run()
+        units = search.units()
+        work = _Work(c, data_root, tracker.uri, Path(root), job.experiment, job.parent, job.exp_id)
+        done = pool.run(units, lambda key: search.arm(*key), work, workers=workers, progress=job.progress,
+                        threads=torch.get_num_threads(),
+                        first=lambda key: (key[2] not in (DENSE, "ticket"), key[1]))
+        records = list(done.values())
         rows = summarise(records, task.metrics, order=ARM_ORDER)
         primary = f"es_test_{task.metrics.primary}_mean"
         tracker.log_metrics(job.parent, {f"{r['arm']}_es_test_{task.metrics.primary}": r[primary]

@@ -1,0 +1,134 @@
+"""Independent arms side by side: a dependency-ordered pool of one-thread worker processes.
+
+On 2 cores two one-thread processes beat one two-thread process (DESIGN.md), so parallelism comes from
+processes. A job is a set of units (one arm of one level of one replicate, say), each naming the units it
+needs first; every unit reads its inputs from, and writes its results to, the job folder, so running units
+in another process or another order gives the same numbers as running them one at a time. With
+`workers=1` nothing is spawned. A worker that raises or dies fails the job with its error after the units
+already running have finished; their results stay in the job folder and a re-run skips them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queuelib
+from collections.abc import Callable, Hashable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Protocol
+
+Key = Hashable
+Progress = Callable[[str, Mapping[str, Any]], None]
+
+
+class Work(Protocol):
+    """A picklable description of a job that each worker process turns into a unit runner."""
+
+    def build(self, progress: Progress) -> Callable[[Key], dict[str, Any]]:
+        """Set up the task, tracker and job folder in this process; return `run(key) -> record`."""
+
+
+class WorkerError(RuntimeError):
+    """A unit failed in a worker process; the message names the unit and the worker's error."""
+
+
+def default_workers() -> int:
+    """The number of cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def _order(units: Mapping[Key, tuple[Key, ...]]) -> list[Key]:
+    """Keys with every unit after its dependencies, otherwise as close to the input order as can be."""
+    done: set[Key] = set()
+    out: list[Key] = []
+    pending = list(units)
+    while pending:
+        k = next((k for k in pending if all(d in done or d not in units for d in units[k])), None)
+        if k is None:
+            raise ValueError(f"units depend on each other in a cycle: {pending}")
+        done.add(k)
+        out.append(k)
+        pending.remove(k)
+    return out
+
+
+# one worker process serves one job: its runner is built once by the initializer and kept here
+_runner: Callable[[Key], dict[str, Any]] | None = None
+
+
+def _init_worker(work: Work, events: Any, threads: int) -> None:
+    global _runner
+    import torch
+    torch.set_num_threads(threads)
+    _runner = work.build(lambda event, info: events.put((event, dict(info))))
+
+
+def _run_unit(key: Key) -> dict[str, Any]:
+    assert _runner is not None, "worker used before its initializer ran"
+    return _runner(key)
+
+
+def run(units: Mapping[Key, tuple[Key, ...]], local: Callable[[Key], dict[str, Any]], work: Work, *,
+        workers: int, progress: Progress, first: Callable[[Key], Any] = lambda k: 0,
+        threads: int = 1) -> dict[Key, dict[str, Any]]:
+    """Run every unit once its dependencies are done; return records by key, in the units' order.
+
+    With `workers` <= 1 the units run here, through `local`, in dependency order. Otherwise `work` is
+    built in each of `workers` spawned processes; among the units ready to start, those with the smallest
+    `first(key)` start first (the chain other units wait for, say).
+    """
+    order = _order(units)
+    if workers <= 1 or len(units) <= 1:
+        results = {k: local(k) for k in order}
+        return {k: results[k] for k in units}
+    results: dict[Key, dict[str, Any]] = {}
+    ctx = mp.get_context("spawn")  # fork after torch and mlflow started threads can deadlock
+    manager = ctx.Manager()
+    events = manager.Queue()
+    running: dict[Future, Key] = {}
+    failure: BaseException | None = None
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(work, events, threads)) as pool:
+            waiting = list(order)
+            while waiting or running:
+                if failure is None:
+                    ready = [k for k in waiting if all(d in results or d not in units for d in units[k])]
+                    for k in sorted(ready, key=first):  # stable: the units' order among equals
+                        if len(running) >= workers:
+                            break
+                        running[pool.submit(_run_unit, k)] = k
+                        waiting.remove(k)
+                finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(events, progress)
+                for fut in finished:
+                    key = running.pop(fut)
+                    try:
+                        results[key] = fut.result()
+                    except BrokenProcessPool as e:
+                        failure = failure or WorkerError(f"a worker process died while running {key} "
+                                                         f"(killed, or out of memory): {e}")
+                    except Exception as e:  # the unit's own error, raised in the worker
+                        failure = failure or WorkerError(f"{key} failed in a worker: {type(e).__name__}: {e}")
+                        failure.__cause__ = e
+                if failure is not None:
+                    waiting.clear()  # let the running units finish and keep their results
+            _drain(events, progress)
+    finally:
+        manager.shutdown()
+    if failure is not None:
+        raise failure
+    return {k: results[k] for k in units}
+
+
+def _drain(events: Any, progress: Progress) -> None:
+    while True:
+        try:
+            event, info = events.get_nowait()
+        except (queuelib.Empty, EOFError, OSError):
+            return
+        progress(event, info)
