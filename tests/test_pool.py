@@ -56,3 +56,20 @@ def test_a_failing_worker_fails_the_job_and_keeps_other_results(tmp_path, tracke
     assert parent.info.status == "FAILED"
     record = json.loads((job / "r0" / "L01" / "ticket.json").read_text())
     assert record["arm"] == "ticket"  # finished work is intact and would be read back on a re-run
+
+
+def test_transfer_with_workers_gives_the_same_numbers(tmp_path, tracker, experiment, toy_env):
+    from ticketx.task import MetricSpec
+    from ticketx.transfer import resolve, run_transfer
+    found = run_find(C.from_dict({**FIND, "replicates": 1}), ToyTask("gauss", {}), tracker, root=tmp_path,
+                     experiment=experiment)
+    sources = resolve(str(found.job_dir), tracker, MetricSpec(), levels="all", workdir=tmp_path / "f")
+    target = C.from_dict({"name": "xf", "task": {"plugin": "toy", "name": "gauss", "classes": 3},
+                          "train": {"steps": 60, "batch_size": 32, "lr": [0.01, 0.003], "eval_every": 30}},
+                         C.TransferConfig)
+    task = ToyTask("gauss", {"classes": 3})
+    one = run_transfer(target, task, sources, tracker, root=tmp_path / "one", experiment=experiment + "1")
+    two = run_transfer(target, task, sources, tracker, root=tmp_path / "two", experiment=experiment + "2",
+                       workers=2)
+    assert strip(two.records) == strip(one.records) and len(one.records) == 2 * (1 + 2 * 3)
+    assert [r["lr"] for r in two.rows] == [r["lr"] for r in one.rows]

@@ -192,8 +192,10 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
 @click.option("--data-root", help=f"dataset folder (default: ${DATA_ENV}, else ~/.cache/ticketx/data)")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("ticketx-runs"), show_default=True,
               envvar="TICKETX_OUT", help="where job folders are written")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="one-thread processes training arms side by side [default: the number of cores]")
 def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str | None, compare_ref: str | None,
-             experiment: str | None, data_root: str | None, out: Path) -> None:
+             experiment: str | None, data_root: str | None, out: Path, workers: int | None) -> None:
     """Train a ticket (a ticket folder, a find job folder, runs:/RUN_ID/ticket, or RUN_ID[@LEVEL]) on
     another dataset, optimizer or learning rate, beside a random ticket, the ticket's masks with fresh
     weights, and the dense network. A list of learning rates is a grid: validation picks one per arm."""
@@ -218,7 +220,8 @@ def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str |
                    f"{cfg.train.optimizer} lr {' '.join(f'{x:g}' for x in cfg.lrs)}, {cfg.replicates} replicate(s); "
                    f"MLflow store {tracker.uri}")
         result = transferlib.run_transfer(cfg, task, sources, tracker, root=out, compare=compare,
-                                          experiment=experiment, progress=_Printer(task.metrics.primary))
+                                          experiment=experiment, progress=_Printer(task.metrics.primary),
+                                          workers=_workers(workers), data_root=resolve_data_root(data_root))
     except _errors() as e:
         raise click.ClickException(str(e)) from None
     primary = result.metrics.primary

@@ -20,7 +20,7 @@ import hashlib
 import json
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from . import masks as masklib
+from . import pool
 from . import ticket as ticketlib
 from . import config as configlib
 from .config import TransferConfig, to_dict
@@ -198,18 +199,22 @@ class _Transfer:
                  compare: Mapping[int, Source], job: Job) -> None:
         self.config, self.target, self.sources, self.compare, self.job = config, target, sources, compare, job
 
-    def run(self) -> list[dict[str, Any]]:
-        c = self.config
-        records = []
+    def units(self) -> dict[tuple[int, int, int, str], tuple[()]]:
+        """(source index or -1 for dense, lr index, replicate, arm): all independent of each other."""
+        c, out = self.config, {}
         for r in range(c.replicates):
-            for i, lr in enumerate(c.lrs):
+            for i in range(len(c.lrs)):
                 if "dense" in c.arms:
-                    records.append(self.arm(None, i, lr, r, "dense"))
-                for source in self.sources:
+                    out[(-1, i, r, "dense")] = ()
+                for j in range(len(self.sources)):
                     for arm in c.arms:
                         if arm != "dense":
-                            records.append(self.arm(source, i, lr, r, arm))
-        return records
+                            out[(j, i, r, arm)] = ()
+        return out
+
+    def run_unit(self, key: tuple[int, int, int, str]) -> dict[str, Any]:
+        j, i, r, arm = key
+        return self.arm(self.sources[j] if j >= 0 else None, i, self.config.lrs[i], r, arm)
 
     def arm(self, source: Source | None, i: int, lr: float, replicate: int, arm: str) -> dict[str, Any]:
         c, t = self.config, self.target
@@ -299,10 +304,54 @@ def _identity(sources: list[Source]) -> list[dict[str, Any]]:
     return [{"level": s.level, "sha256": s.ticket.meta.get("sha256")} for s in sources]
 
 
+def _job(c: TransferConfig, target: Task, tracker: Tracker, root: Path, experiment: str,
+         progress: Progress | None, sources: list[Source], identity: dict[str, Any], digest: str) -> Job:
+    first = sources[0].ticket.meta
+    src_run = str(first.get("source_run_id", ""))
+    return Job(kind="transfer", name=c.name, config_hash=digest, config=identity, task=target, tracker=tracker,
+               root=root, experiment=experiment, progress=progress,
+               tags={"ticketx.task": f"{c.task.plugin}/{c.task.name}", "ticketx.seed": str(c.seed),
+                     "ticketx.source_run_id": src_run, "ticketx.source": sources[0].where,
+                     "ticketx.source_task": json.dumps(first.get("task", {}), sort_keys=True)[:5000]},
+               params={**flatten(to_dict(c)), "source.levels": ",".join(str(s.level) for s in sources),
+                       "source.ref": sources[0].where[:500], "source.run_id": src_run})
+
+
+@dataclass(frozen=True)
+class _Work:
+    """What a worker process needs to train arms of a transfer job (tickets travel by value)."""
+
+    config: TransferConfig
+    sources: list[Source]
+    compare: tuple[Source, ...]
+    identity: dict[str, Any]
+    digest: str
+    data_root: Path | None
+    tracker_uri: str
+    root: Path
+    experiment: str
+    parent: str
+    exp_id: str
+
+    def build(self, progress: Progress) -> Callable[[Any], dict[str, Any]]:
+        from . import plugins
+        c = self.config
+        target = plugins.make_task(c.task.plugin, c.task.name, c.task.options, available=plugins.discover(),
+                                   data_root=self.data_root)
+        target.prepare()
+        job = _job(c, target, Tracker(self.tracker_uri), self.root, self.experiment, progress, self.sources,
+                   self.identity, self.digest)
+        job.parent, job.exp_id = self.parent, self.exp_id
+        return _Transfer(c, target, self.sources, {s.level: s for s in self.compare}, job).run_unit
+
+
 def run_transfer(config: TransferConfig, target: Task, sources: list[Source], tracker: Tracker, *, root: Path,
                  compare: list[Source] = (), experiment: str | None = None,
-                 progress: Progress | None = None) -> TransferResult:
-    """Train `sources` on `target` beside the controls; resume like find; choose lr on validation."""
+                 progress: Progress | None = None, workers: int = 1,
+                 data_root: Path | None = None) -> TransferResult:
+    """Train `sources` on `target` beside the controls; resume like find; choose lr on validation.
+
+    With `workers` > 1 the arms train side by side in one-thread processes (see `run_find`)."""
     c = config
     if not sources:
         raise TicketError("no ticket to transfer")
@@ -320,23 +369,20 @@ def run_transfer(config: TransferConfig, target: Task, sources: list[Source], tr
         ticketlib.check_fits(s.ticket, model, target.prunable(model))
     identity = {"config": to_dict(c), "sources": _identity(sources), "compare": _identity(list(compare))}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    first = sources[0].ticket.meta
-    src_task = first.get("task", {})
-    src_run = str(first.get("source_run_id", ""))
+    src_task = sources[0].ticket.meta.get("task", {})
+    src_run = str(sources[0].ticket.meta.get("source_run_id", ""))
     note = f"{c.description}\n\nTickets from `{', '.join(s.where for s in sources)}`"
     if src_run and tracker.exists(src_run):
         note += f" (find run [{src_run}](#/experiments/{tracker.get_run(src_run).info.experiment_id}/runs/{src_run}))"
-    job = Job(kind="transfer", name=c.name, config_hash=digest, config=identity, task=target, tracker=tracker,
-              root=root, experiment=experiment or c.name, progress=progress,
-              tags={"ticketx.task": f"{c.task.plugin}/{c.task.name}", "ticketx.seed": str(c.seed),
-                    "ticketx.source_run_id": src_run, "ticketx.source": sources[0].where,
-                    "ticketx.source_task": json.dumps(src_task, sort_keys=True)[:5000],
-                    "mlflow.note.content": note},
-              params={**flatten(to_dict(c)), "source.levels": ",".join(str(s.level) for s in sources),
-                      "source.ref": sources[0].where[:500], "source.run_id": src_run})
+    job = _job(c, target, tracker, root, experiment or c.name, progress, sources, identity, digest)
+    job.tags.update({"mlflow.note.content": note})
     job.open()
     try:
-        records = _Transfer(c, target, sources, by_level, job).run()
+        transfer = _Transfer(c, target, sources, by_level, job)
+        work = _Work(c, sources, tuple(compare), identity, digest, data_root, tracker.uri, Path(root),
+                     job.experiment, job.parent, job.exp_id)
+        records = list(pool.run(transfer.units(), transfer.run_unit, work, workers=workers,
+                                progress=job.progress, threads=torch.get_num_threads()).values())
         chosen = choose_lr(records, target.metrics)
         picked = [r for r in records if chosen[(r["level"], r["arm"])] == r["lr"]]
         rows = summarise(picked, target.metrics, order=ARM_ORDER)
