@@ -10,37 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from ticketx import ticket as T
+from conftest import RECIPE
 from ticketx.cli import main
-
-RECIPE = """
-name = "toycli"
-[task]
-plugin = "toy"
-name = "gauss"
-[train]
-steps = {steps}
-batch_size = 32
-lr = 0.01
-eval_every = 50
-[prune]
-levels = 1
-rate = 0.5
-"""
-
-
-@pytest.fixture()
-def recipe(tmp_path: Path) -> Path:
-    p = tmp_path / "toy.toml"
-    p.write_text(RECIPE.format(steps=100))
-    return p
-
-
-@pytest.fixture()
-def cli_env(toy_env, mlflow_uri, monkeypatch, tmp_path):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-    monkeypatch.chdir(tmp_path)
-    return {**os.environ}
-
 
 def invoke(*args):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)

@@ -72,6 +72,9 @@ class ToyTask:
         x, y = self.splits[split]
         return training.evaluate_classifier(model, x, y)
 
+    def example_inputs(self, n: int) -> torch.Tensor:
+        return self.splits["test"][0][:n]
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         out: dict[str, float] = {}
         for split in ("val", "test"):

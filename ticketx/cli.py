@@ -252,6 +252,62 @@ def _transfer_gaps(rows: list[dict[str, Any]], primary: str, higher_is_better: b
 
 
 @main.command()
+@click.argument("ticket_dir", metavar="TICKET", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="where to write the TorchScript model (load it with torch.jit.load)")
+@click.option("--weights", type=click.Choice(["auto", "trained", "ticket"]), default="auto", show_default=True,
+              help="trained: the ticket arm's trained weights beside the ticket in its job folder; ticket: the "
+                   "ticket's own (rewind) weights; auto: trained when present")
+@click.option("--max-density", type=click.FloatRange(0, 1), default=None,
+              help="Linear layers at or below this density are stored as CSR [default: 0.18; 0 keeps all "
+                   "dense, which is faster at batch 1]")
+@click.option("--data-root", help="dataset folder, for the output check and the speed measurement")
+def export(ticket_dir: Path, out: Path, weights: str, max_density: float | None, data_root: str | None) -> None:
+    """Write a compact inference model of a ticket: sparse CSR Linear layers where that is faster."""
+    from safetensors.torch import load_file
+
+    from . import export as exportlib
+    from . import plugins
+    from . import ticket as ticketlib
+
+    try:
+        t = ticketlib.load(ticket_dir)
+        spec = t.meta.get("task", {})
+        if not isinstance(spec, dict):
+            raise ticketlib.TicketError(f"{ticket_dir}: ticket.json has no task description to build the model")
+        task = plugins.make_task(spec.get("plugin", "?"), spec.get("task", "?"), spec.get("options", {}),
+                                 available=plugins.discover(), data_root=resolve_data_root(data_root))
+        model = task.build_model(int(t.meta.get("seed", 0)))
+        ticketlib.check_fits(t, model, task.prunable(model))
+        trained = Path(ticket_dir).parent / "trained.safetensors"
+        if weights == "trained" and not trained.exists():
+            raise ticketlib.TicketError(f"no trained weights at {trained} (a ticket from a find job folder has them)")
+        use_trained = weights != "ticket" and trained.exists()
+        model.load_state_dict(load_file(str(trained)) if use_trained else t.weights)
+        compact, report = exportlib.compact(model, t.masks, max_density=exportlib.DEFAULT_MAX_DENSITY
+                                            if max_density is None else max_density)
+        path = exportlib.save(compact, out)
+    except (*_errors(), ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {path} ({path.stat().st_size:,} bytes) from the ticket's "
+               f"{'trained' if use_trained else 'rewind (untrained)'} weights; load it with torch.jit.load")
+    w = max(len(r.name) for r in report)
+    for r in report:
+        click.echo(f"  {r.name.ljust(w)}  {'x'.join(map(str, r.shape)):>10}  {100 * r.density:6.2f}%  {r.storage}")
+    examples = getattr(task, "example_inputs", None)  # optional hook: real inputs to check and time on
+    if examples is None:
+        return
+    dense = model.eval()
+    loaded = exportlib.load(path)
+    for batch in (256, 1):
+        x = examples(batch)
+        diff = exportlib.max_difference(dense, loaded, x)
+        a, b = exportlib.throughput(dense, x, seconds=0.5), exportlib.throughput(loaded, x, seconds=0.5)
+        click.echo(f"batch {batch:>3}: max |exported - masked dense| = {diff:.2e}; {b:,.0f} vs {a:,.0f} "
+                   f"forward passes/s ({b / a:.2f}x)")
+
+
+@main.command()
 def tasks() -> None:
     """List installed task plugins and their tasks."""
     from . import plugins

@@ -71,6 +71,10 @@ class VisionTask:
                 batch_at=batches, loss_fn=cross_entropy_loss, evaluate=self._evaluate_split,
             )
 
+    def example_inputs(self, n: int) -> torch.Tensor:
+        """The first `n` test images (N, C, H, W), normalised as in training: for checking exports."""
+        return self.splits().test_x[:n]
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Loss and accuracy on the validation and test splits (`val_loss`, `test_accuracy`, ...)."""
         return {**prefixed(self._evaluate_split(model, "val"), "val"),
