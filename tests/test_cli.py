@@ -42,7 +42,7 @@ def test_tasks_lists_plugins(cli_env):
 @pytest.mark.parametrize("args, match", [
     (["--set", "prune.rate=1.5"], "prune.rate must be in (0, 1), got 1.5"),
     (["--set", "train.stpes=5"], "did you mean train.steps?"),
-    (["--set", "task.plugin=nlp"], "unknown plugin 'nlp'; installed plugins:"),
+    (["--set", "task.plugin=audio"], "unknown plugin 'audio'; installed plugins:"),
     (["--set", "task.name=cifar"], "plugin 'toy' has no task 'cifar'; its tasks: gauss"),
     (["--set", "task.colour=red"], "unknown toy option(s): ['colour']"),
     (["--set", "train.lr=[0.1,"], "is not a valid TOML value"),
