@@ -66,6 +66,24 @@ def test_show_rejects_a_broken_ticket(cli_env, tmp_path):
     assert r.exit_code == 1 and "incomplete ticket, missing masks.safetensors" in r.output
 
 
+def descendants(pid: int) -> list[int]:
+    """Live descendants of `pid`, from /proc."""
+    kids: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(entry.name))
+    out, stack = [], [pid]
+    while stack:
+        for child in kids.get(stack.pop(), []):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
 def run_cli(args, env, cwd):
     return subprocess.run([sys.executable, "-m", "ticketx", *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=300)
@@ -92,8 +110,14 @@ def test_kill_9_then_rerun_resumes_to_the_same_results(cli_env, tmp_path, experi
     for line in proc.stdout:  # kill while level 1 trains: the dense arm is done, the ticket is not
         if "[r0 L01 ticket] density" in line:
             break
+    workers = descendants(proc.pid)
+    assert workers, "the default --workers (the core count) runs arms in worker processes"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "workers outlived the killed job"
     again = run_cli([*args, "--out", str(tmp_path / "job")], cli_env, tmp_path)
     assert again.returncode == 0, again.stderr
     assert "[r0 L00 dense] already done" in again.stdout

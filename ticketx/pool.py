@@ -13,6 +13,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue as queuelib
+import threading
+import time
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -60,11 +62,22 @@ def _order(units: Mapping[Key, tuple[Key, ...]]) -> list[Key]:
 _runner: Callable[[Key], dict[str, Any]] | None = None
 
 
-def _init_worker(work: Work, events: Any, threads: int) -> None:
+def _init_worker(work: Work, events: Any, threads: int, parent: int) -> None:
     global _runner
+    _exit_with_parent(parent)  # first: the parent may have died while this process was importing
     import torch
     torch.set_num_threads(threads)
     _runner = work.build(lambda event, info: events.put((event, dict(info))))
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the job's process is gone (killed with -9, say), instead of idling forever."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="ticketx-parent-watch").start()
 
 
 def _run_unit(key: Key) -> dict[str, Any]:
@@ -87,13 +100,12 @@ def run(units: Mapping[Key, tuple[Key, ...]], local: Callable[[Key], dict[str, A
         return {k: results[k] for k in units}
     results: dict[Key, dict[str, Any]] = {}
     ctx = mp.get_context("spawn")  # fork after torch and mlflow started threads can deadlock
-    manager = ctx.Manager()
-    events = manager.Queue()
+    events = ctx.Queue()  # progress from the workers, handed to them when they start
     running: dict[Future, Key] = {}
     failure: BaseException | None = None
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(work, events, threads)) as pool:
+                                 initargs=(work, events, threads, os.getpid())) as pool:
             waiting = list(order)
             while waiting or running:
                 if failure is None:
@@ -119,7 +131,7 @@ def run(units: Mapping[Key, tuple[Key, ...]], local: Callable[[Key], dict[str, A
                     waiting.clear()  # let the running units finish and keep their results
             _drain(events, progress)
     finally:
-        manager.shutdown()
+        events.close()
     if failure is not None:
         raise failure
     return {k: results[k] for k in units}
