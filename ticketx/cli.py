@@ -134,16 +134,25 @@ def main(threads: int) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
 
 
+def _job_options(command: Any) -> Any:
+    """The options find and transfer share: where results go, where data is, how many workers."""
+    for option in reversed([
+        click.option("--experiment", help="MLflow experiment (default: the recipe's name)"),
+        click.option("--data-root", help=f"dataset folder (default: ${DATA_ENV}, else ~/.cache/ticketx/data)"),
+        click.option("--out", type=click.Path(path_type=Path), default=Path("ticketx-runs"), show_default=True,
+                     envvar="TICKETX_OUT", help="where job folders (tickets, results) are written"),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="one-thread processes training arms side by side [default: the number of cores]"),
+    ]):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a recipe key, e.g. --set train.steps=500 (repeatable; values are TOML)")
-@click.option("--experiment", help="MLflow experiment (default: the recipe's name)")
-@click.option("--data-root", help=f"dataset folder (default: ${DATA_ENV}, else ~/.cache/ticketx/data)")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("ticketx-runs"), show_default=True,
-              envvar="TICKETX_OUT", help="where job folders (tickets, results) are written")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="one-thread processes training arms side by side [default: the number of cores]")
+@_job_options
 def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_root: str | None,
          out: Path, workers: int | None) -> None:
     """Search for winning tickets by iterative magnitude pruning, with random-reinit and random-prune
@@ -188,12 +197,7 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
                                "(default: the pruned level with the best validation metric)")
 @click.option("--compare", "compare_ref", metavar="FIND_JOB",
               help="a find job on the target (folder or run id): its tickets train as the target_ticket arm")
-@click.option("--experiment", help="MLflow experiment (default: the target recipe's name)")
-@click.option("--data-root", help=f"dataset folder (default: ${DATA_ENV}, else ~/.cache/ticketx/data)")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("ticketx-runs"), show_default=True,
-              envvar="TICKETX_OUT", help="where job folders are written")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="one-thread processes training arms side by side [default: the number of cores]")
+@_job_options
 def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str | None, compare_ref: str | None,
              experiment: str | None, data_root: str | None, out: Path, workers: int | None) -> None:
     """Train a ticket (a ticket folder, a find job folder, runs:/RUN_ID/ticket, or RUN_ID[@LEVEL]) on
