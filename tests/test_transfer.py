@@ -177,6 +177,13 @@ def test_ticket_from_another_plugin(found, tracker, tmp_path):
         run_transfer(target(), target_task(), [Source(1, foreign, "x")], tracker, root=tmp_path)
 
 
+def test_target_ticket_arm_needs_compare(found, tracker, tmp_path):
+    sources = resolve(str(found.job_dir), tracker, MetricSpec(), levels="1", workdir=tmp_path)
+    with pytest.raises(TicketError, match="the target_ticket arm needs --compare"):
+        run_transfer(target(arms="['transferred', 'target_ticket']"), target_task(), sources, tracker,
+                     root=tmp_path)
+
+
 def test_empty_learning_rate_grid():
     with pytest.raises(C.ConfigError, match="train.lr is an empty learning-rate grid"):
         target(**{"train.lr": "[]"})

@@ -356,6 +356,8 @@ def run_transfer(config: TransferConfig, target: Task, sources: list[Source], tr
     if not sources:
         raise TicketError("no ticket to transfer")
     by_level = {s.level: s for s in compare}
+    if "target_ticket" in c.arms and not compare:
+        raise TicketError("the target_ticket arm needs --compare: a find job on the target to take tickets from")
     if compare:
         missing = sorted({s.level for s in sources} - set(by_level))
         if missing:
