@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ticketx-installed
-PLUGINS := plugins/vision
+PLUGINS := plugins/vision plugins/nlp plugins/rl
 
 # Datasets: $TICKETX_DATA when set, else ../shared/data beside this checkout when it exists,
 # else ticketx's cache folder (torchvision downloads there when the network is reachable).

@@ -1,0 +1,38 @@
+"""The `nlp` entry point: LSTM language models and LSTM text classifiers for ticketx."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ticketx.task import TaskError
+
+from .data import default_data_root
+from .options import ClassifyOptions, LMOptions, suggest
+from .task import ClassifyTask, LanguageModelTask
+
+TASKS = {
+    "word_lm": "word-level LSTM language model on a folder of train.txt, valid.txt, test.txt (task.corpus); perplexity",
+    "char_lm": "character-level LSTM language model on one text file split 90/5/5 (task.corpus); perplexity",
+    "classify": "LSTM sentence classifier on label<TAB>text files: sst5, sst2, mr or a tsv folder; accuracy",
+}
+
+
+class NLPPlugin:
+    """Builds NLP tasks: LSTM language models (Yu et al. 2019 sec. 3.2) and LSTM classifiers."""
+
+    def tasks(self) -> dict[str, str]:
+        """Task name -> one-line description."""
+        return dict(TASKS)
+
+    def make_task(self, name: str, options: Mapping[str, Any], *,
+                  data_root: Path | None) -> LanguageModelTask | ClassifyTask:
+        """The named task with its options checked; `data_root` None means ~/.cache/ticketx/data."""
+        if name not in TASKS:
+            raise TaskError(f"task.name must be one of the nlp tasks {', '.join(TASKS)}, got {name!r}"
+                            + suggest(name, TASKS))
+        root = default_data_root() if data_root is None else Path(data_root)
+        if name == "classify":
+            return ClassifyTask(name, ClassifyOptions.from_mapping(options, task=name), data_root=root)
+        return LanguageModelTask(name, LMOptions.from_mapping(options, task=name), data_root=root)

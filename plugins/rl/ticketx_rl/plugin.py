@@ -1,0 +1,34 @@
+"""The `rl` entry point: stable-baselines3 agents on gymnasium environments for ticketx."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ticketx.task import TaskError
+
+from .options import ALGORITHMS, RLOptions, suggest
+from .task import RLTask
+
+TASKS = {
+    "ppo": "PPO (actor-critic MLP) on a gymnasium environment (task.env; discrete or continuous actions)",
+    "a2c": "A2C (actor-critic MLP, the same network as ppo) on a gymnasium environment (task.env)",
+    "dqn": "DQN (Q-network MLP) on a gymnasium environment with discrete actions (task.env)",
+}
+
+
+class RLPlugin:
+    """Builds RL tasks: the task name is the algorithm, `task.env` the environment."""
+
+    def tasks(self) -> dict[str, str]:
+        """Task name -> one-line description."""
+        return dict(TASKS)
+
+    def make_task(self, name: str, options: Mapping[str, Any], *, data_root: Path | None) -> RLTask:
+        """The named task with its options checked against the algorithm and the environment's id;
+        `data_root` is unused (environments are simulated)."""
+        if name not in ALGORITHMS:
+            raise TaskError(f"task.name must be one of the rl tasks {', '.join(ALGORITHMS)}, got {name!r}"
+                            + suggest(name, ALGORITHMS))
+        return RLTask(name, RLOptions.from_mapping(options, algorithm=name))
