@@ -45,8 +45,8 @@ def _workers(option: int | None) -> int:
 class _Printer:
     """Progress lines: one when an arm starts and ends, evaluation lines at most every few seconds."""
 
-    def __init__(self, primary: str, every_s: float = 5.0) -> None:
-        self.primary, self.every_s, self.last = primary, every_s, 0.0
+    def __init__(self, primary: str, early_stop: str = "val_loss", every_s: float = 5.0) -> None:
+        self.primary, self.early_stop, self.every_s, self.last = primary, early_stop, every_s, 0.0
 
     def __call__(self, event: str, info: Mapping[str, Any]) -> None:
         tag = f"[r{info.get('replicate', 0)} L{info.get('level', 0):02d} {info.get('arm', '')}]"
@@ -61,9 +61,10 @@ class _Printer:
                 self.last = now
                 m = info["metrics"]
                 val = m.get(f"val_{self.primary}")
-                shown = f"  val_{self.primary} {_fmt(self.primary, val)}" if val is not None else ""
+                shown = (f"  val_{self.primary} {_fmt(self.primary, val)}"
+                         if val is not None and self.early_stop != f"val_{self.primary}" else "")
                 click.echo(f"{tag}   step {info['step']:>6}/{info['steps']}  "
-                           f"val_loss {m.get('val_loss', float('nan')):.4f}{shown}")
+                           f"{self.early_stop} {m.get(self.early_stop, float('nan')):.4f}{shown}")
         elif event in ("done", "skip"):
             r = info["record"]
             test = r["at_early_stop"].get(f"test_{self.primary}")
@@ -171,7 +172,8 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
                    f"x {len(cfg.arms)} arms x {cfg.replicates} replicate(s), {cfg.train.steps} steps each; "
                    f"MLflow store {tracker.uri}")
         result = findlib.run_find(cfg, task, tracker, root=out, experiment=experiment,
-                                  progress=_Printer(task.metrics.primary), workers=_workers(workers),
+                                  progress=_Printer(task.metrics.primary, task.metrics.early_stop),
+                                  workers=_workers(workers),
                                   data_root=resolve_data_root(data_root))
     except _errors() as e:
         raise click.ClickException(str(e)) from None
@@ -224,7 +226,8 @@ def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str |
                    f"{cfg.train.optimizer} lr {' '.join(f'{x:g}' for x in cfg.lrs)}, {cfg.replicates} replicate(s); "
                    f"MLflow store {tracker.uri}")
         result = transferlib.run_transfer(cfg, task, sources, tracker, root=out, compare=compare,
-                                          experiment=experiment, progress=_Printer(task.metrics.primary),
+                                          experiment=experiment,
+                                          progress=_Printer(task.metrics.primary, task.metrics.early_stop),
                                           workers=_workers(workers), data_root=resolve_data_root(data_root))
     except _errors() as e:
         raise click.ClickException(str(e)) from None
