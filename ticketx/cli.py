@@ -22,8 +22,8 @@ def resolve_data_root(option: str | None) -> Path:
         return Path(option).expanduser()
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "ticketx" / "data"
+    from .paths import default_data_root
+    return default_data_root()
 
 
 def _errors() -> tuple[type[BaseException], ...]:

@@ -8,7 +8,6 @@ Character level: every character, newlines included, is a token.
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +28,6 @@ SST_FOLDER, MR_FILE = Path("text") / "sst", Path("text") / "mr" / "all.tsv"
 CHAR_SPLIT = (0.90, 0.05)  # char_lm: train and valid shares of the file, by position; test is the rest
 MR_SPLIT = (0.80, 0.10)  # mr: train and dev shares of a seeded permutation; test is the rest
 POINT_ELSEWHERE = "point ticketx at another data root with --data-root or the TICKETX_DATA variable"
-
-
-def default_data_root() -> Path:
-    """Where datasets live when the core passes no data root: ~/.cache/ticketx/data (or XDG's)."""
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "ticketx" / "data"
 
 
 def read_text(path: Path) -> str:

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ticketx.paths import default_data_root
 from ticketx.task import TaskError
 
-from .data import default_data_root
 from .options import ClassifyOptions, LMOptions, suggest
 from .task import ClassifyTask, LanguageModelTask
 

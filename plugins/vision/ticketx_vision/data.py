@@ -25,6 +25,7 @@ from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
+from ticketx.paths import user_cache
 from ticketx.task import DataError, TaskError
 
 IDX_FILES = (
@@ -69,20 +70,10 @@ class Splits:
     std: tuple[float, ...]
 
 
-def _user_cache() -> Path:
-    # the core's rule for its default data root (ticketx.cli.resolve_data_root)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ticketx"
-
-
-def default_data_root() -> Path:
-    """Where datasets live when the core passes no data root: ~/.cache/ticketx/data (or XDG's)."""
-    return _user_cache() / "data"
-
-
 def cache_root() -> Path:
     """Where decoded datasets are cached: $TICKETX_CACHE, else ~/.cache/ticketx (or XDG's)."""
     env = os.environ.get("TICKETX_CACHE")
-    return Path(env).expanduser() if env else _user_cache()
+    return Path(env).expanduser() if env else user_cache()
 
 
 # MNIST and Fashion-MNIST
