@@ -68,7 +68,7 @@ from torchvision import datasets, transforms
 
 from ticketx import masks as M
 from ticketx.task import Masks, Plan
-from ticketx.training import EpochBatches, cross_entropy_loss, evaluate_classifier, fit
+from ticketx.training import EpochBatches, configure_torch, cross_entropy_loss, evaluate_classifier, fit
 from ticketx_vision.data import Splits, load_mnist, make_splits
 from ticketx_vision.models import InputShape, build_model, prunable_weights
 
@@ -321,7 +321,7 @@ def _process_worker(
     data_root: str, threads: int, steps: int, barrier: Barrier, results: mp.Queue[tuple[float, float]]
 ) -> None:
     """Load the data, warm up, wait for the others, train densely for `steps`; report (start, end)."""
-    torch.set_num_threads(threads)
+    configure_torch(threads)
     splits = load_splits(Path(data_root))
     time_ticketx(splits, {}, WARMUP_STEPS)
     barrier.wait()
@@ -578,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"MNIST not found: expected torchvision's layout {args.data_root}/MNIST/raw "
                      "(set --data-root or TICKETX_DATA)")
 
-    torch.set_num_threads(1)
+    configure_torch(1)  # as every ticketx process: one thread, denormals flushed (both ways run under it)
     began = time.perf_counter()
     meta = {**machine(), "loadavg_start": loadavg(), "steps": args.steps, "usual_steps": args.usual_steps,
             "repeats": args.repeats, "process_repeats": args.process_repeats,

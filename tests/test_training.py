@@ -103,3 +103,88 @@ def test_errors():
         training.EpochBatches(x, y, 512, 0)
     with pytest.raises(TaskError, match="training diverged"):
         run(model, masks, x * 1e30, y, lr=1e10)
+
+
+def _trajectory(opt_factory, steps=25, drop_grad_at=None):
+    """Parameters after each of `steps` steps of `opt_factory(params)` on a fixed problem."""
+    x, y, model, _ = setup(3)
+    opt = opt_factory(list(model.parameters()))
+    out = []
+    for step in range(steps):
+        for p in model.parameters():
+            p.grad = None
+        nn.functional.cross_entropy(model(x[:32]), y[:32]).backward()
+        if step == drop_grad_at:
+            model[2].bias.grad = None  # a parameter that got no gradient this step
+        opt.step()
+        out.append([p.detach().clone() for p in model.parameters()])
+    return out, opt
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("drop_grad_at", [None, 7])
+def test_lean_adam_is_torch_fused_adam_bit_for_bit(decoupled, drop_grad_at):
+    kwargs = dict(lr=0.01, weight_decay=0.05, fused=True, decoupled_weight_decay=decoupled)
+    ours, opt = _trajectory(lambda ps: training.LeanAdam(ps, **kwargs), drop_grad_at=drop_grad_at)
+    theirs, ref = _trajectory(lambda ps: torch.optim.Adam(ps, **kwargs), drop_grad_at=drop_grad_at)
+    assert opt._lean is not None  # the direct path was taken after the first step
+    for a, b in zip(ours, theirs):
+        assert all(torch.equal(p, q) for p, q in zip(a, b))
+    steps = [float(s["step"]) for s in opt.state_dict()["state"].values()]
+    assert steps == [float(s["step"]) for s in ref.state_dict()["state"].values()]
+    assert steps[-1] == (25 if drop_grad_at is None else 24)  # torch skips a parameter without gradient
+
+
+def test_lean_adam_state_dict_round_trip_and_hooks():
+    ours, opt = _trajectory(lambda ps: training.LeanAdam(ps, lr=0.01, fused=True), steps=5)
+    state = opt.state_dict()
+    x, y, model, _ = setup(3)
+    fresh = training.LeanAdam(list(model.parameters()), lr=0.01, fused=True)
+    fresh.load_state_dict(state)
+    assert fresh._lean is None  # lists are rebuilt from the loaded state, never reused
+    calls = []
+    fresh.register_step_post_hook(lambda *a: calls.append(1))
+    nn.functional.cross_entropy(model(x[:32]), y[:32]).backward()
+    fresh.step()
+    fresh.step()
+    assert calls == [1, 1]
+    assert [float(s["step"]) for s in fresh.state_dict()["state"].values()] == [7.0] * 4
+
+
+def test_make_optimizer_uses_fused_kernels_on_cpu():
+    params = list(nn.Linear(4, 2).parameters())
+    for name, cls in [("adam", training.LeanAdam), ("adamw", training.LeanAdam), ("sgd", torch.optim.SGD)]:
+        opt = training.make_optimizer(params, Plan(steps=1, batch_size=1, optimizer=name, lr=0.1))
+        assert type(opt) is cls and opt.param_groups[0]["fused"] is True
+    adamw = training.make_optimizer(params, Plan(steps=1, batch_size=1, optimizer="adamw", lr=0.1))
+    assert adamw.param_groups[0]["decoupled_weight_decay"] is True
+
+
+def test_gradient_clipping_counts_surviving_weights_only():
+    x, y, model, masks = setup()
+    seen = []
+
+    class Spy(torch.optim.SGD):
+        def step(self, closure=None):
+            grads = [p.grad for p in model.parameters()]
+            seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+            params = dict(model.named_parameters())
+            seen_pruned.append(max(float(params[n].grad[m == 0].abs().max()) for n, m in masks.items()))
+            return super().step(closure)
+
+    seen_pruned = []
+    original = training.make_optimizer
+    training.make_optimizer = lambda params, plan: Spy(params, lr=plan.lr)
+    try:
+        run(model, masks, x, y, lr=0.5, clip_grad_norm=0.05, steps=20)
+    finally:
+        training.make_optimizer = original
+    assert len(seen) == 20 and max(seen) <= 0.05 * (1 + 1e-5)
+    assert max(seen_pruned) == 0.0  # pruned weights' gradients were zeroed before the norm
+    params = dict(model.named_parameters())
+    for name, m in masks.items():
+        assert bool((params[name][m == 0] == 0).all())
+    # without clipping the same run takes larger steps
+    x, y, unclipped, _ = setup()
+    run(unclipped, masks, x, y, lr=0.5, steps=20)
+    assert not torch.equal(unclipped[0].weight, model[0].weight)

@@ -204,3 +204,17 @@ def test_target_by_task_name_keeps_source_options_and_training(found):
     assert cfg.train.steps == 100 and cfg.train.optimizer == "sgd" and cfg.lrs == (0.1, 0.03)
     with pytest.raises(C.ConfigError, match="--to takes a recipe file or PLUGIN/TASK"):
         target_config("gauss", src, [])
+
+
+def test_source_task_tag_is_valid_json_within_the_tag_limit():
+    import json
+
+    from ticketx.transfer import source_task_tag
+    task = {"plugin": "nlp", "task": "word_lm", "options": {"vocab": [f"w{i}" for i in range(5000)], "hidden": 200}}
+    tag = source_task_tag(task)
+    assert len(tag) <= 5000
+    shown = json.loads(tag)
+    assert shown["options"]["hidden"] == 200 and shown["task"] == "word_lm"
+    assert shown["options"]["vocab"] == "<5000 items; whole in the ticket's ticket.json>"
+    small = {"plugin": "toy", "task": "blobs", "options": {"hidden": 8}}
+    assert json.loads(source_task_tag(small)) == small

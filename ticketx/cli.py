@@ -127,8 +127,8 @@ def _gap_line(rows: list[dict[str, Any]], primary: str, higher_is_better: bool) 
               help="torch threads per process (two cores are better used by two processes)")
 def main(threads: int) -> None:
     """Find lottery tickets and transfer them; every run is recorded in MLflow."""
-    import torch
-    torch.set_num_threads(threads)
+    from .training import configure_torch
+    configure_torch(threads)
     # a tracking server that dies mid-job fails the job in bounded time instead of retrying for minutes
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")

@@ -58,6 +58,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear learning-rate warmup (F&C section 4: VGG-19, ResNet-20)
     milestones: tuple[int, ...] = ()  # steps where lr is multiplied by gamma
     gamma: float = 0.1
+    clip_grad_norm: float = 0.0  # clip the global gradient norm (surviving weights) to this; 0 = off
     eval_every: int = 100  # validation every this many steps; the early-stop iteration is one of them
 
     def __post_init__(self) -> None:
@@ -66,7 +67,7 @@ class TrainConfig:
         _positive("train.eval_every", self.eval_every)
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        for name in ("momentum", "weight_decay", "warmup_steps"):
+        for name in ("momentum", "weight_decay", "warmup_steps", "clip_grad_norm"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if list(self.milestones) != sorted(self.milestones):
@@ -130,6 +131,7 @@ class RunConfig:
             steps=t.steps, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr if lr is None else lr,
             momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay,
             warmup_steps=t.warmup_steps, milestones=t.milestones, gamma=t.gamma, eval_every=t.eval_every,
+            clip_grad_norm=t.clip_grad_norm,
             start_step=start_step, data_seed=self.order_seed(replicate),
         )
 

@@ -65,8 +65,8 @@ _runner: Callable[[Key], dict[str, Any]] | None = None
 def _init_worker(work: Work, events: Any, threads: int, parent: int) -> None:
     global _runner
     _exit_with_parent(parent)  # first: the parent may have died while this process was importing
-    import torch
-    torch.set_num_threads(threads)
+    from .training import configure_torch
+    configure_torch(threads)
     _runner = work.build(lambda event, info: events.put((event, dict(info))))
 
 

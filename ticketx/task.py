@@ -43,7 +43,7 @@ class Plan:
 
     steps: int
     batch_size: int
-    optimizer: str  # "sgd" | "adam"
+    optimizer: str  # "sgd" | "adam" | "adamw"
     lr: float
     momentum: float = 0.0
     nesterov: bool = False
@@ -51,6 +51,7 @@ class Plan:
     warmup_steps: int = 0  # linear warmup from lr/warmup_steps to lr over the first steps
     milestones: tuple[int, ...] = ()  # steps at which the learning rate is multiplied by gamma
     gamma: float = 0.1
+    clip_grad_norm: float = 0.0  # clip the gradients' global L2 norm to this before each step; 0: never
     eval_every: int = 100
     start_step: int = 0
     data_seed: int = 0  # seeds the data order (and augmentation); apart from the init seed

@@ -300,6 +300,25 @@ def plot(rows: list[dict[str, Any]], spec: MetricSpec, path: Path, title: str) -
     return path
 
 
+def source_task_tag(task: Any, limit: int = 5000) -> str:
+    """The source ticket's task section as JSON for an MLflow tag: always valid JSON, at most `limit`
+    characters. Option values too long to show whole (an NLP vocabulary, say) are replaced by a note
+    giving their size; the ticket's ticket.json keeps them whole."""
+    if not isinstance(task, dict):
+        return json.dumps(task)[:limit]
+    out = dict(task)
+    options = dict(out.get("options", {})) if isinstance(out.get("options"), dict) else {}
+    for key, value in sorted(options.items(), key=lambda kv: -len(json.dumps(kv[1]))):
+        text = json.dumps({**out, "options": options}, sort_keys=True)
+        if len(text) <= limit:
+            return text
+        size = f"{len(value)} items" if isinstance(value, (list, dict)) else f"{len(json.dumps(value))} characters"
+        options[key] = f"<{size}; whole in the ticket's ticket.json>"
+    out["options"] = options
+    text = json.dumps(out, sort_keys=True)
+    return text if len(text) <= limit else json.dumps({k: out.get(k) for k in ("plugin", "task")})
+
+
 def _identity(sources: list[Source]) -> list[dict[str, Any]]:
     return [{"level": s.level, "sha256": s.ticket.meta.get("sha256")} for s in sources]
 
@@ -312,7 +331,7 @@ def _job(c: TransferConfig, target: Task, tracker: Tracker, root: Path, experime
                root=root, experiment=experiment, progress=progress,
                tags={"ticketx.task": f"{c.task.plugin}/{c.task.name}", "ticketx.seed": str(c.seed),
                      "ticketx.source_run_id": src_run, "ticketx.source": sources[0].where,
-                     "ticketx.source_task": json.dumps(first.get("task", {}), sort_keys=True)[:5000]},
+                     "ticketx.source_task": source_task_tag(first.get("task", {}))},
                params={**flatten(to_dict(c)), "source.levels": ",".join(str(s.level) for s in sources),
                        "source.ref": sources[0].where[:500], "source.run_id": src_run})
 
