@@ -61,11 +61,40 @@ def test_evaluations_and_steps_reported():
     assert [s for s, _ in log.evals] == [20, 40, 60]
     assert all("val_loss" in m and "train_loss" in m and "lr" in m for _, m in log.evals)
     assert "test_loss" in log.evals[-1][1]  # test always scored at the end
-    # test is scored exactly when val improves (or at the end)
-    best = math.inf
-    for i, (_, m) in enumerate(log.evals):
-        assert ("test_accuracy" in m) == (m["val_loss"] < best or i == len(log.evals) - 1)
-        best = min(best, m["val_loss"])
+    assert all("test_loss" not in m for _, m in log.evals[:-1])  # and nowhere else: val fell throughout
+    assert [m["val_loss"] for _, m in log.evals] == sorted((m["val_loss"] for _, m in log.evals), reverse=True)
+
+
+def _overfitting_run(steps):
+    """SGD on random labels, validated on other random data: validation loss rises after a while."""
+    x, y, model, masks = setup()
+    g = torch.Generator().manual_seed(9)
+    vx, vy = torch.randn(256, 8, generator=g), torch.randint(0, 3, (256,), generator=g)
+    tx, ty = torch.randn(128, 8, generator=g), torch.randint(0, 3, (128,), generator=g)
+    data = {"val": (vx, vy), "test": (tx, ty)}
+    plan = Plan(steps=steps, batch_size=32, optimizer="sgd", lr=0.5, momentum=0.9, eval_every=10)
+    log = Log()
+    training.fit(model, masks, plan, log, batch_at=training.EpochBatches(x, y, 32, 0),
+                 loss_fn=training.cross_entropy_loss,
+                 evaluate=lambda m, split: training.evaluate_classifier(m, *data[split]))
+    return log
+
+
+def test_test_split_is_scored_on_the_early_stop_weights_at_the_end():
+    log = _overfitting_run(200)
+    vals = [(m["val_loss"], s) for s, m in log.evals if "val_loss" in m]
+    best_step = min(vals)[1]
+    assert best_step < 200  # the search problem does overfit; otherwise this test shows nothing
+    # evaluations in step order, then the early-stop weights' test score, then the final evaluation
+    steps = [s for s, _ in log.evals]
+    assert steps == list(range(10, 201, 10))[:-1] + [best_step, 200]
+    deferred = log.evals[-2][1]
+    assert set(deferred) == {"test_loss", "test_accuracy"}
+    assert {"val_loss", "test_loss"} <= set(log.evals[-1][1])
+    # the same run stopped at the early-stop step has exactly those weights, so the same test score
+    short = _overfitting_run(best_step)
+    assert short.evals[-1][1]["test_loss"] == deferred["test_loss"]
+    assert short.evals[-1][1]["test_accuracy"] == deferred["test_accuracy"]
 
 
 def test_same_seed_same_result_and_data_order_is_pure():

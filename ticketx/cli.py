@@ -55,7 +55,7 @@ class _Printer:
         elif event == "start":
             click.echo(f"{tag} density {100 * info['density']:.2f}%  training {info['steps']} steps")
             self.last = time.monotonic()
-        elif event == "eval":
+        elif event == "eval" and self.early_stop in info["metrics"]:  # not the early-stop weights' test score
             now = time.monotonic()
             if now - self.last >= self.every_s or info["step"] == info["steps"]:
                 self.last = now

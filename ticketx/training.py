@@ -169,11 +169,14 @@ def fit(
 ) -> None:
     """Train `model` in place from `plan.start_step` to `plan.steps`, masks held, evaluating as it goes.
 
-    Every `plan.eval_every` steps and at the last step the validation split is evaluated; the test split
-    is evaluated at the last step and whenever the validation loss reaches a new minimum (so the test
-    metric at the early-stopping iteration is always known without scoring test at every evaluation),
-    or at every evaluation with `test_every_eval`. `batch_at(step)` must be a pure function of the step
-    (and the plan's data seed) so that rewinding to step k replays the same data order.
+    Every `plan.eval_every` steps and at the last step the validation split is evaluated. The test split
+    is evaluated twice, after the last step: on the final weights, and on the weights of the evaluation
+    with the lowest validation loss (a copy kept as training goes), reported as an evaluation at that
+    step with test metrics only, just before the final one. So the test metric at the early-stopping
+    iteration is known without scoring the test split at every new best (which cost a LeNet-300-100
+    search on MNIST ~20% of its time). With `test_every_eval` the test split is scored at every
+    evaluation instead. `batch_at(step)` must be a pure function of the step (and the plan's data seed)
+    so that rewinding to step k replays the same data order.
     """
     if plan.steps <= plan.start_step:
         raise TaskError(
@@ -186,7 +189,7 @@ def fit(
             p.mul_(m)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trained, plan)
-    best_val = math.inf
+    best_val, best_step, best_state = math.inf, 0, None
     window_loss, window_steps = torch.zeros(()), 0  # mean training loss since the last evaluation
     model.train()
     for step in range(plan.start_step, plan.steps):
@@ -219,12 +222,31 @@ def fit(
                     f"validation loss became {val_loss} at step {done}: training diverged "
                     f"(try a lower train.lr than {plan.lr} or train.warmup_steps)"
                 )
-            if test_every_eval or val_loss < best_val or done == plan.steps:
+            if val_loss < best_val:
+                best_val, best_step = val_loss, done
+                best_state = None if test_every_eval or done == plan.steps else _snapshot(model)
+            elif done == plan.steps and best_state is not None:  # the early-stop weights' test score
+                observer.on_eval(best_step, prefixed(_evaluate_state(model, best_state, evaluate), "test"))
+            if test_every_eval or done == plan.steps:
                 metrics.update(prefixed(evaluate(model, "test"), "test"))
-            best_val = min(best_val, val_loss)
             observer.on_eval(done, metrics)
             model.train()
     model.eval()
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def _evaluate_state(model: nn.Module, state: dict[str, torch.Tensor], evaluate: EvalFn) -> dict[str, float]:
+    """Test metrics of `model` with the weights `state`; the model's own weights are restored after."""
+    current = _snapshot(model)
+    model.load_state_dict(state)
+    try:
+        return evaluate(model, "test")
+    finally:
+        model.load_state_dict(current)
 
 
 @torch.no_grad()
