@@ -65,18 +65,19 @@ def test_evaluations_and_steps_reported():
     assert [m["val_loss"] for _, m in log.evals] == sorted((m["val_loss"] for _, m in log.evals), reverse=True)
 
 
-def _overfitting_run(steps):
+def _overfitting_run(steps, score_train=False):
     """SGD on random labels, validated on other random data: validation loss rises after a while."""
     x, y, model, masks = setup()
     g = torch.Generator().manual_seed(9)
     vx, vy = torch.randn(256, 8, generator=g), torch.randint(0, 3, (256,), generator=g)
     tx, ty = torch.randn(128, 8, generator=g), torch.randint(0, 3, (128,), generator=g)
-    data = {"val": (vx, vy), "test": (tx, ty)}
+    data = {"train": (x, y), "val": (vx, vy), "test": (tx, ty)}
     plan = Plan(steps=steps, batch_size=32, optimizer="sgd", lr=0.5, momentum=0.9, eval_every=10)
     log = Log()
     training.fit(model, masks, plan, log, batch_at=training.EpochBatches(x, y, 32, 0),
                  loss_fn=training.cross_entropy_loss,
-                 evaluate=lambda m, split: training.evaluate_classifier(m, *data[split]))
+                 evaluate=lambda m, split: training.evaluate_classifier(m, *data[split]),
+                 score_train=score_train)
     return log
 
 
@@ -217,3 +218,15 @@ def test_gradient_clipping_counts_surviving_weights_only():
     x, y, unclipped, _ = setup()
     run(unclipped, masks, x, y, lr=0.5, steps=20)
     assert not torch.equal(unclipped[0].weight, model[0].weight)
+
+
+def test_training_split_scored_at_the_end_for_the_generalisation_gap():
+    log = _overfitting_run(200, score_train=True)
+    deferred, final = log.evals[-2][1], log.evals[-1][1]
+    assert set(deferred) == {"test_loss", "test_accuracy", "trainset_loss", "trainset_accuracy"}
+    assert {"trainset_accuracy", "train_loss", "test_accuracy"} <= set(final)
+    assert all("trainset_loss" not in m for _, m in log.evals[:-2])
+    # random labels: the network fits its training set far better than it does unseen data
+    assert final["trainset_accuracy"] > final["test_accuracy"] + 0.1
+    short = _overfitting_run(log.evals[-2][0], score_train=True)
+    assert short.evals[-1][1]["trainset_accuracy"] == deferred["trainset_accuracy"]

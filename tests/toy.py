@@ -35,7 +35,8 @@ class ToyTask:
         teacher = torch.randn(16, self.classes, generator=g)
         y = (x @ teacher).argmax(dim=1)
         self.train_x, self.train_y = x[:n], y[:n]
-        self.splits = {"val": (x[n : n + 512], y[n : n + 512]), "test": (x[n + 512 :], y[n + 512 :])}
+        self.splits = {"train": (self.train_x, self.train_y), "val": (x[n : n + 512], y[n : n + 512]),
+                       "test": (x[n + 512 :], y[n + 512 :])}
 
     def spec(self) -> dict[str, Any]:
         return {"plugin": "toy", "task": self.name,
@@ -66,7 +67,7 @@ class ToyTask:
                 raise RuntimeError(f"toy task told to fail at level {level} arm {arm}")
         batches = training.EpochBatches(self.train_x, self.train_y, plan.batch_size, plan.data_seed)
         training.fit(model, masks, plan, observer, batch_at=batches, loss_fn=training.cross_entropy_loss,
-                     evaluate=self._evaluate)
+                     evaluate=self._evaluate, score_train=True)
 
     def _evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         x, y = self.splits[split]

@@ -33,8 +33,11 @@ def _errors() -> tuple[type[BaseException], ...]:
     from .pool import WorkerError
     from .task import TaskError
     from .ticket import TicketError
+    from .analysis import AnalysisError
+    from .report import ReportError
     from .tracking import TrackingError
-    return ConfigError, MaskError, PluginError, TaskError, TicketError, TrackingError, WorkerError
+    return (ConfigError, MaskError, PluginError, TaskError, TicketError, TrackingError, WorkerError,
+            ReportError, AnalysisError)
 
 
 def _workers(option: int | None) -> int:
@@ -376,6 +379,135 @@ def show(ticket_dir: Path, check: bool, data_root: str | None) -> None:
     click.echo(f"{'layer'.ljust(w)}  {'shape':>14}  {'kept':>10}  {'total':>10}  density")
     for name, shape, k, n in rows:
         click.echo(f"{name.ljust(w)}  {shape:>14}  {k:>10,}  {n:>10,}  {100 * k / n:6.2f}%")
+
+
+@main.command()
+@click.argument("ref", metavar="JOB")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("."), show_default=True,
+              help="folder to write into (one subfolder per job)")
+@click.option("--log/--no-log", default=True, show_default=True,
+              help="also log the table and figures to each job's MLflow parent run, under report/")
+def report(ref: str, out: Path, log: bool) -> None:
+    """Paper-style figures and a table of a find or transfer job.
+
+    JOB is a job folder, a job's parent run id, or an MLflow experiment name (every job in it). Writes
+    report.csv (per level and arm: density, early-stop iteration, test metric at early stop and at the
+    end, generalisation gap, weight movement; mean/min/max over replicates), metric.png, early_stop.png,
+    and gap.png / movement.png where the job recorded those numbers.
+    """
+    from .report import report as make_report
+    from .tracking import Tracker
+
+    try:
+        done = make_report(ref, Tracker(), out, log=log)
+    except _errors() as e:
+        raise click.ClickException(str(e)) from None
+    for job, files in done:
+        arms = len(job.records)
+        click.echo(f"{job.kind} {job.name} ({arms} finished arm(s)"
+                   + (f", run {job.run_id}" if job.run_id else "") + "):")
+        for f in files:
+            click.echo(f"  {f}")
+
+
+@main.command()
+@click.argument("first", metavar="TICKET_A", type=click.Path(path_type=Path))
+@click.argument("second", metavar="TICKET_B", type=click.Path(path_type=Path))
+def overlap(first: Path, second: Path) -> None:
+    """Mask overlap (Jaccard index of the surviving weights) of two tickets, per layer.
+
+    Compare tickets from different seeds, datasets or optimizers; the `random` line is what two random
+    masks at the same overall densities would share.
+    """
+    from . import ticket as ticketlib
+    from .analysis import mask_overlap
+
+    try:
+        a, b = ticketlib.load(first), ticketlib.load(second)
+        result = mask_overlap(a.masks, b.masks)
+    except _errors() as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"A: {first} ({100 * a.density:.2f}% of weights)\nB: {second} ({100 * b.density:.2f}% of weights)")
+    w = max(len(k) for k in result)
+    click.echo(f"{'layer'.ljust(w)}  Jaccard")
+    for name, value in result.items():
+        if name in ("all", "random"):
+            continue
+        click.echo(f"{name.ljust(w)}  {value:.4f}")
+    click.echo(f"{'all'.ljust(w)}  {result['all']:.4f}")
+    click.echo(f"{'random'.ljust(w)}  {result['random']:.4f}  (two random masks at these densities)")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--rewind", "rewind", required=True,
+              help="comma-separated rewind steps k to test, e.g. 0,100,500,2000")
+@click.option("--ticket", "ticket_dir", type=click.Path(path_type=Path),
+              help="hold this ticket's masks while training (default: the dense network)")
+@click.option("--points", type=click.IntRange(min=3), default=11, show_default=True,
+              help="evaluation points along the line between the two copies")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe key")
+@click.option("--experiment", help="MLflow experiment (default: the recipe's name)")
+@click.option("--data-root", help="dataset folder (default: $TICKETX_DATA, else a user cache folder)")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("ticketx-runs"), show_default=True,
+              help="folder for instability.csv and instability.png (in a subfolder per recipe)")
+def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int, overrides: tuple[str, ...],
+                experiment: str | None, data_root: str | None, out: Path) -> None:
+    """Linear mode connectivity (Frankle et al. 2020): the error barrier between two copies trained from
+    θk with different data orders, for each rewind step k. A barrier near zero means training from θk is
+    stable: where rewinding to k finds tickets that rewinding to 0 does not."""
+    from . import config as configlib
+    from . import instability as inst
+    from . import plugins
+    from . import ticket as ticketlib
+    from .tracking import Tracker
+
+    try:
+        try:
+            ks = [int(x) for x in rewind.split(",") if x.strip()]
+        except ValueError:
+            raise configlib.ConfigError(f"--rewind takes comma-separated integers, got {rewind!r}") from None
+        if not ks:
+            raise configlib.ConfigError("--rewind needs at least one step")
+        cfg = configlib.load(recipe, overrides)
+        inst.check(cfg, ks)
+        task = plugins.make_task(cfg.task.plugin, cfg.task.name, cfg.task.options,
+                                 available=plugins.discover(), data_root=resolve_data_root(data_root))
+        masks = None
+        if ticket_dir is not None:
+            t = ticketlib.load(ticket_dir)
+            model = task.build_model(cfg.init_seed(0))
+            ticketlib.check_fits(t, model, task.prunable(model))
+            masks = t.masks
+        task.prepare()
+        tracker = Tracker()
+        exp_id = tracker.experiment(experiment or cfg.name)
+        what, _ = inst.error_fn(task)
+        run_id = tracker.start_run(exp_id, f"instability {cfg.name}",
+                                   tags={"ticketx.kind": "instability", "ticketx.task": f"{cfg.task.plugin}/{cfg.task.name}"},
+                                   params={"rewind": ",".join(map(str, ks)), "points": str(points),
+                                           "ticket": str(ticket_dir or ""), "error": what})
+        click.echo(f"ticketx instability {cfg.name}: k = {', '.join(map(str, ks))}; "
+                   f"{cfg.train.steps} steps per copy; error = {what}; MLflow run {run_id}")
+        try:
+            results = inst.run(cfg, task, ks, masks=masks, points=points, progress=click.echo)
+        except BaseException:
+            tracker.finish(run_id, "FAILED")
+            raise
+        for p in results:
+            tracker.log_metrics(run_id, {"barrier": p.barrier, "error_copy1": p.end_errors[0],
+                                         "error_copy2": p.end_errors[1]}, p.k)
+        files = inst.write(results, what, out / f"instability-{cfg.name}", f"instability: {cfg.name}, {what}")
+        for f in files:
+            tracker.log_artifact(run_id, f)
+        tracker.finish(run_id)
+    except _errors() as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"\n{'k':>8}  {'barrier':>8}  {'copy 1':>8}  {'copy 2':>8}  ({what})")
+    for row in inst.summary(results):
+        click.echo(f"{row['k']:>8}  {row['barrier']:8.4f}  {row['error_copy1']:8.4f}  {row['error_copy2']:8.4f}")
+    click.echo(f"\nfiles:       {', '.join(str(f) for f in files)}")
+    click.echo(f"MLflow run:  {run_id} (experiment {exp_id})")
 
 
 if __name__ == "__main__":  # pragma: no cover

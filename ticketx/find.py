@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from . import analysis
 from . import masks as masklib
 from . import pool
 from . import ticket as ticketlib
@@ -116,7 +117,14 @@ class _Search:
         c, d = self.config, self.level_dir(replicate, level)
         init_seed, k = c.init_seed(replicate), c.prune.rewind_step
 
+        began: dict[str, Any] = {}  # the weights this arm trains from and its masks, for weight_movement
+
         def setup() -> ArmSetup:
+            s = _setup()
+            began.update(weights=clone_state(s.model), masks=s.masks)
+            return s
+
+        def _setup() -> ArmSetup:
             model = self.task.build_model(init_seed)
             params = {"init_seed": str(init_seed), "rewind_step": str(k)}
             if level == 0:
@@ -138,9 +146,13 @@ class _Search:
                 model.load_state_dict(load_file(str(self.rewind_file(replicate))))
             return ArmSetup(model, masks, c.plan(replicate, start_step=k), params)
 
-        def after(model: nn.Module, recorder: Recorder, run_id: str) -> None:
+        def after(model: nn.Module, recorder: Recorder, run_id: str) -> dict[str, Any]:
+            moved = analysis.movement_metrics(
+                analysis.weight_movement(began["weights"], clone_state(model), began["masks"]))
+            self.job.tracker.log_metrics(run_id, moved, c.train.steps)
+            extra = {"movement": moved}
             if arm not in (DENSE, "ticket"):
-                return
+                return extra
             save_state(d / "trained.safetensors", clone_state(model))
             if level == 0 and k > 0:
                 if recorder.captured is None:
@@ -154,6 +166,7 @@ class _Search:
                 [level + 1] if p.mode == "iterative" and level < p.levels else [])
             for later in nxt:
                 self.ticket(replicate, later, model)
+            return extra
 
         info = {"replicate": replicate, "level": level, "arm": arm, "steps": c.train.steps}
         return self.job.arm(d, arm, info, setup, f"L{level:02d} {arm} r{replicate}", after)

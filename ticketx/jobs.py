@@ -97,7 +97,8 @@ class ArmSetup:
     capture_at: int | None = None  # capture the weights after this step (θk of the dense run)
 
 
-AfterTrain = Callable[[nn.Module, Recorder, str], None]  # (trained model, recorder, run id)
+# (trained model, recorder, run id) -> extra fields for the arm's record (or None)
+AfterTrain = Callable[[nn.Module, Recorder, str], "dict[str, Any] | None"]
 
 
 class Job:
@@ -127,8 +128,10 @@ class Job:
             self.tracker.reopen(parent)
             self.progress("resume", {"job_dir": str(self.dir), "run_id": parent})
         else:
+            spec = self.task.metrics
             tags = {"ticketx.kind": self.kind, "ticketx.config_hash": self.hash,
-                    "ticketx.job_dir": str(self.dir.resolve()), **self.tags}
+                    "ticketx.job_dir": str(self.dir.resolve()), "ticketx.metric": spec.primary,
+                    "ticketx.metric_higher": str(spec.higher_is_better).lower(), **self.tags}
             commit = git_commit(Path.cwd())
             if commit:
                 tags["mlflow.source.git.commit"] = tags["ticketx.git_commit"] = commit
@@ -172,14 +175,13 @@ class Job:
             seconds = time.perf_counter() - began
             check_masked(s.model, s.masks, f"{arm} ({run_name})")
             es_step, at_es, final = recorder.summary(self.task.metrics)
-            if after is not None:
-                after(s.model, recorder, run_id)
+            extra = (after(s.model, recorder, run_id) if after is not None else None) or {}
         except BaseException as e:
             self.tracker.finish(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             raise
         record = {**info, **{k: v for k, v in s.params.items() if k not in info}, "density": dens,
                   "layer_density": masklib.layer_density(s.masks), "early_stop_step": es_step,
-                  "at_early_stop": at_es, "final": final, "seconds": seconds, "run_id": run_id}
+                  "at_early_stop": at_es, "final": final, "seconds": seconds, "run_id": run_id, **extra}
         self.tracker.log_metrics(run_id, {"density": dens, "early_stop_step": es_step, "seconds": seconds,
                                           **{f"es_{k}": v for k, v in at_es.items()},
                                           **{f"final_{k}": v for k, v in final.items()}})

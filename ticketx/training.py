@@ -166,6 +166,7 @@ def fit(
     loss_fn: LossFn,
     evaluate: EvalFn,
     test_every_eval: bool = False,
+    score_train: bool = False,
 ) -> None:
     """Train `model` in place from `plan.start_step` to `plan.steps`, masks held, evaluating as it goes.
 
@@ -175,8 +176,11 @@ def fit(
     step with test metrics only, just before the final one. So the test metric at the early-stopping
     iteration is known without scoring the test split at every new best (which cost a LeNet-300-100
     search on MNIST ~20% of its time). With `test_every_eval` the test split is scored at every
-    evaluation instead. `batch_at(step)` must be a pure function of the step (and the plan's data seed)
-    so that rewinding to step k replays the same data order.
+    evaluation instead. With `score_train`, the whole training split is scored where the test split is
+    at the end (`evaluate(model, "train")`, reported as `trainset_loss`, `trainset_accuracy`, ...; not
+    `train_loss`, the running mean of the batches' losses), for the generalisation gap.
+    `batch_at(step)` must be a pure function of the step (and the plan's data seed) so that rewinding
+    to step k replays the same data order.
     """
     if plan.steps <= plan.start_step:
         raise TaskError(
@@ -226,9 +230,11 @@ def fit(
                 best_val, best_step = val_loss, done
                 best_state = None if test_every_eval or done == plan.steps else _snapshot(model)
             elif done == plan.steps and best_state is not None:  # the early-stop weights' test score
-                observer.on_eval(best_step, prefixed(_evaluate_state(model, best_state, evaluate), "test"))
+                observer.on_eval(best_step, _evaluate_state(model, best_state, evaluate, score_train))
             if test_every_eval or done == plan.steps:
                 metrics.update(prefixed(evaluate(model, "test"), "test"))
+            if score_train and done == plan.steps:
+                metrics.update(prefixed(evaluate(model, "train"), "trainset"))
             observer.on_eval(done, metrics)
             model.train()
     model.eval()
@@ -239,12 +245,18 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _evaluate_state(model: nn.Module, state: dict[str, torch.Tensor], evaluate: EvalFn) -> dict[str, float]:
-    """Test metrics of `model` with the weights `state`; the model's own weights are restored after."""
+def _evaluate_state(
+    model: nn.Module, state: dict[str, torch.Tensor], evaluate: EvalFn, score_train: bool
+) -> dict[str, float]:
+    """Test (and training-split) metrics of `model` with the weights `state`, prefixed; the model's own
+    weights are restored after."""
     current = _snapshot(model)
     model.load_state_dict(state)
     try:
-        return evaluate(model, "test")
+        out = prefixed(evaluate(model, "test"), "test")
+        if score_train:
+            out.update(prefixed(evaluate(model, "train"), "trainset"))
+        return out
     finally:
         model.load_state_dict(current)
 

@@ -117,7 +117,7 @@ def test_spec_has_every_option_and_round_trips() -> None:
         "plugin": "vision", "task": "cifar10",
         "options": {
             "model": "resnet20", "dropout": 0.0, "val_size": 1000, "split_seed": 0, "train_subset": 500,
-            "test_subset": 0, "augment": True, "download": True, "path": "", "image_size": 0,
+            "test_subset": 0, "augment": True, "download": True, "path": "", "image_size": 0, "score_train": True,
         },
     }
     assert json.loads(json.dumps(spec)) == spec

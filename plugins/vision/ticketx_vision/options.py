@@ -28,6 +28,7 @@ class VisionOptions:
     download: bool = True  # let torchvision download a missing dataset where the network is reachable
     path: str = ""  # imagefolder only: folder with train/ and test/; relative paths are under the data root
     image_size: int = 0  # 0 = as stored; else resize every image to image_size x image_size
+    score_train: bool = True  # score the whole training split at the end too (the generalisation gap)
 
     def __post_init__(self) -> None:
         _check_type("model", self.model, (str,), "a string")
@@ -58,6 +59,7 @@ class VisionOptions:
         if self.augment is not None:
             _check_type("augment", self.augment, (bool,), "true, false or absent (the task's default)")
         _check_type("download", self.download, (bool,), "true or false")
+        _check_type("score_train", self.score_train, (bool,), "true or false")
         _check_type("path", self.path, (str,), "a string (a folder)")
 
     @classmethod

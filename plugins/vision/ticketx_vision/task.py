@@ -69,6 +69,7 @@ class VisionTask:
             fit(
                 model, masks, plan, observer,
                 batch_at=batches, loss_fn=cross_entropy_loss, evaluate=self._evaluate_split,
+                score_train=self.options.score_train,
             )
 
     def example_inputs(self, n: int) -> torch.Tensor:
@@ -124,5 +125,5 @@ class VisionTask:
 
     def _evaluate_split(self, model: nn.Module, split: str) -> dict[str, float]:
         s = self.splits()
-        x, y = (s.val_x, s.val_y) if split == "val" else (s.test_x, s.test_y)
+        x, y = {"train": (s.train_x, s.train_y), "val": (s.val_x, s.val_y), "test": (s.test_x, s.test_y)}[split]
         return evaluate_classifier(model, x, y)
