@@ -2,9 +2,9 @@
 
 - `mask_overlap`: Jaccard index of the surviving weights of two tickets, per layer and overall (tickets
   from different seeds, datasets or optimizers).
-- `weight_movement`: how far training moved the surviving weights from their initial values, per layer,
-  and how many kept their initial sign (Zhou et al. 2019 found signs matter; Frankle & Carbin's tickets
-  move further than random reinitialisations, section 5).
+- `weight_movement`: how far training moved the surviving weights from their starting values, per
+  layer, and how many kept their starting sign (Frankle & Carbin 2019 discuss where tickets' weights go,
+  section 5 and appendix; Zhou et al. 2019, arXiv 1905.01067, found the signs matter).
 - `interpolation` and `error_barrier`: the linear mode connectivity test of Frankle et al. 2020
   (arXiv 1912.05671): evaluate along the straight line between two trained networks; the barrier is the
   largest rise of the error above the straight line between the endpoints' errors. A network is *stable*

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -212,10 +213,10 @@ def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str |
     from . import transfer as transferlib
     from .tracking import Tracker
 
+    fetch = transferlib.workdir()
     try:
         tracker = Tracker()
         tracker.check_reachable()
-        fetch = transferlib.workdir()
         available = plugins.discover()
         cfg = transferlib.target_config(to, transferlib.peek(ticket_ref, tracker, fetch), overrides)
         task = plugins.make_task(cfg.task.plugin, cfg.task.name, cfg.task.options, available=available,
@@ -234,6 +235,8 @@ def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str |
                                           workers=_workers(workers), data_root=resolve_data_root(data_root))
     except _errors() as e:
         raise click.ClickException(str(e)) from None
+    finally:
+        shutil.rmtree(fetch, ignore_errors=True)  # tickets fetched from MLflow: loaded, no longer needed
     primary = result.metrics.primary
     click.echo("\n" + _table(result.rows, primary, lr=True))
     gaps = _transfer_gaps(result.rows, primary, result.metrics.higher_is_better)
