@@ -58,6 +58,17 @@ def masks_for(model: nn.Module, density: float = 0.1) -> dict[str, torch.Tensor]
     return {n: m.float() for n, m in M.magnitude(weights, M.ones(weights), 1 - density, scope="layerwise").items()}
 
 
+def update(loss: torch.Tensor, params: list[torch.Tensor], opt: torch.optim.Optimizer,
+           held: list[torch.Tensor], held_masks: list[torch.Tensor]) -> None:
+    """One step as `ticketx.training.fit` takes it: fresh gradients, the optimizer, masks multiplied in."""
+    for p in params:
+        p.grad = None
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        torch._foreach_mul_(held, held_masks)
+
+
 def one_at_a_time(size: str, members: int, steps: int, batches: EpochBatches) -> float:
     """Member-steps per second, training each member in turn with fit's inner loop."""
     seconds = 0.0
@@ -71,13 +82,7 @@ def one_at_a_time(size: str, members: int, steps: int, batches: EpochBatches) ->
         start = time.perf_counter()
         for step in range(steps):
             x, y = batches(step)
-            loss = nn.functional.cross_entropy(model(x), y)
-            for p in params:
-                p.grad = None
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                torch._foreach_mul_(held, held_masks)
+            update(nn.functional.cross_entropy(model(x), y), params, opt, held, held_masks)
         seconds += time.perf_counter() - start
     return members * steps / seconds
 
@@ -103,12 +108,7 @@ def stacked(size: str, members: int, steps: int, batches: EpochBatches) -> float
         logits = batched(params, buffers, x)  # (members, batch, 10)
         # the sum of the members' mean losses: each member's gradient is its own loss's gradient
         loss = nn.functional.cross_entropy(logits.reshape(-1, 10), y.repeat(members), reduction="sum") / BATCH
-        for p in leaves:
-            p.grad = None
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_mul_(held, held_masks)
+        update(loss, leaves, opt, held, held_masks)
     return members * steps / (time.perf_counter() - start)
 
 
