@@ -53,6 +53,8 @@ def test_resolve_forms(found, tracker, tmp_path):
     scores = {r["level"]: r["at_early_stop"]["val_accuracy"] for r in found.records
               if r["arm"] == "ticket" and r["replicate"] == 0}
     assert [s.level for s in best] == [max(scores, key=scores.get)]  # best pruned level on validation
+    from_folder = resolve(str(found.job_dir), tracker, spec, levels=None, workdir=tmp_path)
+    assert [s.level for s in from_folder] == [s.level for s in best]  # the folder's records choose alike
     assert peek(found.parent_run_id, tracker, tmp_path).meta["level"] == 0
 
 

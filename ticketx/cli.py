@@ -282,6 +282,7 @@ def export(ticket_dir: Path, out: Path, weights: str, max_density: float | None,
     from . import export as exportlib
     from . import plugins
     from . import ticket as ticketlib
+    from .task import check_ticket
 
     try:
         t = ticketlib.load(ticket_dir)
@@ -291,7 +292,7 @@ def export(ticket_dir: Path, out: Path, weights: str, max_density: float | None,
         task = plugins.make_task(spec.get("plugin", "?"), spec.get("task", "?"), spec.get("options", {}),
                                  available=plugins.discover(), data_root=resolve_data_root(data_root))
         model = task.build_model(int(t.meta.get("seed", 0)))
-        ticketlib.check_fits(t, model, task.prunable(model))
+        check_ticket(task, t, model)
         trained = Path(ticket_dir).parent / "trained.safetensors"
         if weights == "trained" and not trained.exists():
             raise ticketlib.TicketError(f"no trained weights at {trained} (a ticket from a find job folder has them)")
@@ -350,6 +351,7 @@ def show(ticket_dir: Path, check: bool, data_root: str | None) -> None:
     """Print a ticket's metadata and per-layer density."""
     from . import plugins
     from . import ticket as ticketlib
+    from .task import check_ticket
 
     try:
         t = ticketlib.load(ticket_dir)
@@ -359,7 +361,7 @@ def show(ticket_dir: Path, check: bool, data_root: str | None) -> None:
             task = plugins.make_task(spec["plugin"], spec.get("task", ""), spec.get("options", {}),
                                      available=available, data_root=resolve_data_root(data_root))
             model = task.build_model(int(t.meta.get("seed", 0)))
-            ticketlib.check_fits(t, model, task.prunable(model))
+            check_ticket(task, t, model)
             fits = f"yes: every tensor matches {spec['plugin']}/{spec.get('task')}'s model"
         elif check:
             fits = f"not checked: plugin {spec.get('plugin') if isinstance(spec, dict) else spec!r} not installed"
@@ -463,6 +465,7 @@ def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int,
     from . import instability as inst
     from . import plugins
     from . import ticket as ticketlib
+    from .task import check_ticket
     from .tracking import Tracker
 
     try:
@@ -480,7 +483,7 @@ def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int,
         if ticket_dir is not None:
             t = ticketlib.load(ticket_dir)
             model = task.build_model(cfg.init_seed(0))
-            ticketlib.check_fits(t, model, task.prunable(model))
+            check_ticket(task, t, model)
             masks = t.masks
         task.prepare()
         tracker = Tracker()

@@ -28,7 +28,7 @@ from . import pool
 from . import ticket as ticketlib
 from .config import ConfigError, FindConfig, config_hash, to_dict
 from .jobs import ArmSetup, Job, Progress, Recorder, clone_state, save_state, summarise
-from .task import Masks, MetricSpec, Task
+from .task import Masks, MetricSpec, Task, check_plan
 from .tracking import Tracker, flatten
 
 DENSE = "dense"
@@ -205,6 +205,15 @@ def _job(c: FindConfig, task: Task, tracker: Tracker, root: Path, experiment: st
                params=flatten(to_dict(c)))
 
 
+def _order(key: tuple[int, int, str]) -> tuple[bool, int]:
+    """Which ready arm a free worker takes first: the ticket chain (each level waits for the last), level by
+    level; then the controls, sparsest level first, where a ticket and its controls differ most, so that a
+    job stopped early has its most telling comparisons."""
+    _, level, arm = key
+    chain = arm in (DENSE, "ticket")
+    return (not chain, level if chain else -level)
+
+
 def run_find(config: FindConfig, task: Task, tracker: Tracker, *, root: Path,
              experiment: str | None = None, progress: Progress | None = None, workers: int = 1,
              data_root: Path | None = None) -> FindResult:
@@ -220,13 +229,16 @@ def run_find(config: FindConfig, task: Task, tracker: Tracker, *, root: Path,
     search = _Search(c, task, job)
     task.prepare()  # a missing dataset fails here, before any MLflow run exists
     search.check_layers()
+    for replicate in range(c.replicates):  # a plan the task cannot train with, likewise
+        check_plan(task, c.plan(replicate))
+        check_plan(task, c.plan(replicate, start_step=c.prune.rewind_step))
     job.open()
     try:
         units = search.units()
         work = _Work(c, data_root, tracker.uri, Path(root), job.experiment, job.parent, job.exp_id)
         done = pool.run(units, lambda key: search.arm(*key), work, workers=workers, progress=job.progress,
                         threads=torch.get_num_threads(),
-                        first=lambda key: (key[2] not in (DENSE, "ticket"), key[1]))
+                        first=_order)
         records = list(done.values())
         rows = summarise(records, task.metrics, order=ARM_ORDER)
         primary = f"es_test_{task.metrics.primary}_mean"

@@ -15,6 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from . import ticket as ticketlib
+
 Masks = dict[str, torch.Tensor]  # parameter name -> 0/1 tensor of the parameter's shape and dtype
 
 
@@ -71,9 +73,16 @@ class Observer(Protocol):
 class Task(Protocol):
     """One trainable problem: a model family on a dataset (or environment) with its metrics.
 
-    Optional hook, looked up with getattr: `check_source(meta: dict) -> None` is called with a ticket's
-    metadata before the ticket is transferred onto this task, and raises TaskError for what tensor
-    shapes cannot tell (a ticket built on another vocabulary, say), naming what it expected.
+    Optional hooks, looked up with getattr (a plugin without them loses nothing; call them through
+    `check_ticket` and `check_plan` below):
+    - `check_source(meta: dict) -> None`: called with a ticket's metadata before the ticket is transferred
+      onto this task (its head re-initialised); raises TaskError for what tensor shapes cannot tell (a
+      ticket built on another vocabulary, say), naming what it expected.
+    - `check_ticket(meta: dict) -> None`: the same before a ticket is loaded whole (head included) onto
+      this task, by `ticketx show`, `export`, `instability --ticket` and transfer's `--compare` tickets.
+    - `check_plan(plan: Plan) -> None`: raises TaskError for a plan this task cannot train with (an RL
+      minibatch larger than a rollout, say), naming the keys to change; the core calls it for every plan
+      of a job before any MLflow run is recorded.
     """
 
     metrics: MetricSpec
@@ -109,6 +118,22 @@ class Plugin(Protocol):
 
     def make_task(self, name: str, options: Mapping[str, Any], *, data_root: Path | None) -> Task:
         """Build the named task. Unknown options are an error that names them (raise `TaskError`)."""
+
+
+def check_plan(task: Task, plan: Plan) -> None:
+    """The task's optional `check_plan` hook, if it has one."""
+    hook = getattr(task, "check_plan", None)
+    if hook is not None:
+        hook(plan)
+
+
+def check_ticket(task: Task, ticket: ticketlib.Ticket, model: nn.Module) -> None:
+    """Raise (TaskError or TicketError) unless `ticket` can be loaded whole onto `task`'s `model`: first the
+    task's optional `check_ticket` hook on the metadata (what shapes cannot tell), then every tensor."""
+    hook = getattr(task, "check_ticket", None)
+    if hook is not None:
+        hook(ticket.meta)
+    ticketlib.check_fits(ticket, model, task.prunable(model))
 
 
 class TaskError(ValueError):

@@ -34,7 +34,7 @@ from . import ticket as ticketlib
 from . import config as configlib
 from .config import TransferConfig, to_dict
 from .jobs import ArmSetup, Job, Progress, summarise
-from .task import Masks, MetricSpec, Task
+from .task import Masks, MetricSpec, Task, check_plan, check_ticket
 from .ticket import Ticket, TicketError
 from .tracking import Tracker, flatten
 
@@ -81,7 +81,7 @@ def resolve(ref: str, tracker: Tracker, spec: MetricSpec, *, levels: str | None,
     A job (folder or parent run id) gives its replicate-0 tickets at `levels` ("all", "1,3"), or at the
     pruned level with the best validation metric when none is named.
     """
-    key = f"es_val_{spec.primary}"
+    key = f"es_val_{spec.primary}"  # the MLflow metric of a child run
     path = Path(ref).expanduser()
     if path.is_dir():
         if (path / ticketlib.META).exists():
@@ -98,8 +98,9 @@ def resolve(ref: str, tracker: Tracker, spec: MetricSpec, *, levels: str | None,
                     for arm in ("ticket", "dense"):
                         if (d / f"{arm}.json").exists():
                             rec = json.loads((d / f"{arm}.json").read_text())
-                            if key in rec.get("at_early_stop", {}):
-                                scores[lv] = rec["at_early_stop"][key]
+                            es = rec.get("at_early_stop", {})  # split-prefixed names; MLflow adds "es_"
+                            if f"val_{spec.primary}" in es:
+                                scores[lv] = es[f"val_{spec.primary}"]
             chosen = _pick_levels(found, scores, levels, spec.higher_is_better, f"find job {path}")
             return [Source(lv, ticketlib.load(found[lv]), str(found[lv])) for lv in chosen]
         raise TicketError(f"{path}: neither a ticket folder ({ticketlib.META}) nor a find job folder (job.json)")
@@ -300,6 +301,21 @@ def plot(rows: list[dict[str, Any]], spec: MetricSpec, path: Path, title: str) -
     return path
 
 
+def _title(source: Any, target: Any, c: TransferConfig) -> str:
+    """The curves figure's title: source and target as plugin/task with the environment or dataset each
+    names (the `env`, `dataset` or `corpus` option, where the task has one), then optimizer and lr."""
+    def where(spec: Any) -> str:
+        if not isinstance(spec, dict):
+            return str(spec)
+        opts = spec.get("options") if isinstance(spec.get("options"), dict) else {}
+        named = [str(opts[k]) for k in ("env", "dataset", "corpus") if opts.get(k)]
+        return f"{spec.get('plugin', '?')}/{spec.get('task', '?')}" + (f" on {', '.join(named)}" if named else "")
+
+    lr = (f"lr {c.lrs[0]:g}" if len(c.lrs) == 1 else
+          f"lr chosen on validation from {', '.join(f'{x:g}' for x in c.lrs)}")
+    return f"ticket of {where(source)} -> {where(target)}\n{c.train.optimizer}, {lr}"
+
+
 def source_task_tag(task: Any, limit: int = 5000) -> str:
     """The source ticket's task section as JSON for an MLflow tag: always valid JSON, at most `limit`
     characters. Option values too long to show whole (an NLP vocabulary, say) are replaced by a note
@@ -387,7 +403,9 @@ def run_transfer(config: TransferConfig, target: Task, sources: list[Source], tr
     for s in sources:
         check_source(s, target, model)
     for s in compare:
-        ticketlib.check_fits(s.ticket, model, target.prunable(model))
+        check_ticket(target, s.ticket, model)
+    for lr in c.lrs:  # a plan the target cannot train with fails before any MLflow run exists
+        check_plan(target, c.plan(0, lr=lr))
     identity = {"config": to_dict(c), "sources": _identity(sources), "compare": _identity(list(compare))}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     src_task = sources[0].ticket.meta.get("task", {})
@@ -411,9 +429,7 @@ def run_transfer(config: TransferConfig, target: Task, sources: list[Source], tr
             row["lr"] = chosen[(row["level"], row["arm"])]
             row["lr_grid"] = " ".join(f"{lr:g}" for lr in c.lrs)
         all_rows = summarise(records, target.metrics, by=("level", "arm", "lr"), order=ARM_ORDER)
-        figure = plot(rows, target.metrics, job.dir / "curves.png",
-                      f"{src_task.get('task', '?') if isinstance(src_task, dict) else src_task} ticket -> "
-                      f"{c.task.name} ({c.train.optimizer})")
+        figure = plot(rows, target.metrics, job.dir / "curves.png", _title(src_task, target.spec(), c))
         tracker.log_metrics(job.parent, {f"chosen_lr_L{r['level']:02d}_{r['arm']}": r["lr"] for r in rows})
         with open(job.dir / "all_learning_rates.json", "w") as f:
             json.dump(all_rows, f, indent=2)
@@ -429,9 +445,19 @@ def workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="ticketx-fetch-"))
 
 
-def target_config(to: str, source: Ticket, overrides: list[str] | tuple[str, ...]) -> TransferConfig:
+def target_config(to: str, source: Ticket, overrides: list[str] | tuple[str, ...], *,
+                  available: Mapping[str, Any] | None = None) -> TransferConfig:
     """The target of `--to`: a recipe file, or `plugin/task`, which keeps the source's task options
-    (the model, ...) and training config and changes the task."""
+    (the model, ...) and training config and changes the task.
+
+    With `plugin/task`, a source option the target task does not take (a ppo-only option on an a2c
+    target) is dropped, and a warning (logger `ticketx.transfer`) and the config's description name it.
+    Which options a task takes comes from the optional plugin hook `task_options(name) -> Collection[str]`
+    (the `[task]` keys besides plugin and name); a plugin without it (or one that does not load) gets every
+    source option, and the plugin's own check of unknown options is then what fails. `--set
+    task.KEY=VALUE` applies afterwards.
+    `available` is the plugin map (default: `plugins.discover()`).
+    """
     path = Path(to).expanduser()
     if path.suffix == ".toml" or path.exists():
         return configlib.load(path, overrides, TransferConfig)
@@ -440,7 +466,25 @@ def target_config(to: str, source: Ticket, overrides: list[str] | tuple[str, ...
         raise configlib.ConfigError(f"--to takes a recipe file or PLUGIN/TASK (e.g. vision/fashion_mnist), got {to!r}")
     src = source.meta.get("task", {}) if isinstance(source.meta.get("task"), dict) else {}
     train = source.meta.get("train", {}) if isinstance(source.meta.get("train"), dict) else {}
-    data = {"name": f"transfer-{src.get('task', 'ticket')}-to-{name}",
-            "description": f"{src.get('plugin')}/{src.get('task')} ticket trained on {plugin}/{name}",
-            "task": {**dict(src.get("options", {})), "plugin": plugin, "name": name}, "train": dict(train)}
+    options = dict(src.get("options", {}))
+    description = f"{src.get('plugin')}/{src.get('task')} ticket trained on {plugin}/{name}"
+    from . import plugins as pluginlib
+    try:
+        loaded = pluginlib.load(plugin, pluginlib.discover() if available is None else available)
+    except pluginlib.PluginError:
+        loaded = None  # an unknown or broken plugin is make_task's error to report, as is an unknown task
+    known = getattr(loaded, "task_options", None)
+    if known is not None and name in loaded.tasks():
+        takes = set(known(name))
+        dropped = sorted(k for k in options if k not in takes)
+        if dropped:
+            options = {k: v for k, v in options.items() if k in takes}
+            note = (f"{plugin}/{name} does not take the source {src.get('plugin')}/{src.get('task')} ticket's "
+                    f"task option(s) {', '.join(dropped)}: dropped (the target's defaults apply); the other "
+                    "task options are the source's (change one with --set task.KEY=VALUE)")
+            import logging
+            logging.getLogger(__name__).warning(note)
+            description += f"; {note}"
+    data = {"name": f"transfer-{src.get('task', 'ticket')}-to-{name}", "description": description,
+            "task": {**options, "plugin": plugin, "name": name}, "train": dict(train)}
     return configlib.from_dict(configlib.apply_overrides(data, overrides), TransferConfig)

@@ -77,6 +77,23 @@ def test_char_corpus_errors(tmp_path: Path):
         make("char_lm", {"corpus": "short.txt"}, tmp_path)
 
 
+def test_word_corpus_in_one_file_is_split_by_lines(tmp_path: Path, make_sentences):
+    text = make_sentences(100, 3)
+    (tmp_path / "play.txt").write_text(text)
+    task = make("word_lm", {"corpus": "play.txt", "eval_batch_size": 2}, tmp_path)
+    lines = text.splitlines()
+    words = [len(line.split()) + 1 for line in lines]  # each line's tokens and its <eos>
+    d = task.data()
+    assert [d.train.shape[0], d.valid.shape[0], d.test.shape[0]] == [sum(words[:90]), sum(words[90:95]),
+                                                                       sum(words[95:])]
+    vocab = task.data().vocab
+    assert [vocab.tokens[i] for i in d.valid[: words[90]].tolist()] == [*lines[90].split(), "<eos>"]
+    (tmp_path / "short.txt").write_text("a b\nc d\ne f\n")
+    with pytest.raises(DataError, match=r"short.txt \(task.corpus = 'short.txt' under the data root .*\) holds 3 "
+                                        r"lines: too few to split 90/5/5 by lines"):
+        make("word_lm", {"corpus": "short.txt"}, tmp_path)
+
+
 def write_tsv(folder: Path, train: str, dev: str = "0\tok fine\n1\tgood\n", test: str = "1\tgreat\n0\tmeh\n") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in (("train.tsv", train), ("dev.tsv", dev), ("test.tsv", test)):

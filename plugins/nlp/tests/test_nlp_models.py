@@ -103,3 +103,25 @@ def test_tied_weights_are_one_matrix(tmp_path: Path, make_corpus, tiny):
     with torch.no_grad():
         model.encoder.weight[4].zero_()
     assert model(x)[0][-1, 0, 4] == model.decoder.bias[4]  # zeroing the embedding row zeroes the logit's weight
+
+
+def test_gradient_clipping_keeps_pruned_weights_zero_and_bounds_each_step(task, recorder):
+    """train.clip_grad_norm through the plugin: with plain SGD each step moves the weights by at most
+    lr x clip (global L2 norm), and the pruned gate weights stay exactly zero."""
+    g = torch.Generator().manual_seed(2)
+    masks = {n: (torch.rand(p.shape, generator=g) > 0.5).float() for n, p in task.prunable(task.build_model(0)).items()}
+
+    def moved(clip: float) -> float:
+        model = task.build_model(0)
+        start = {n: p.detach() * masks[n] if n in masks else p.detach().clone() for n, p in model.named_parameters()}
+        task.train(model, masks, Plan(steps=6, batch_size=4, optimizer="sgd", lr=1.0, eval_every=6,
+                                      clip_grad_norm=clip), recorder)
+        params = dict(model.named_parameters())
+        for name in LSTM_MATRICES:
+            assert bool((params[name].detach()[masks[name] == 0] == 0).all()), name
+        check_masked(model, masks, "nlp")
+        return sum(float((p.detach() - start[n]).pow(2).sum()) for n, p in params.items()) ** 0.5
+
+    clip = 1e-3
+    assert moved(clip) <= 6 * 1.0 * clip * (1 + 1e-4)  # 6 steps of at most lr x clip each
+    assert moved(0.0) > 20 * 6 * clip  # unclipped, the same steps move far more: the clip was active

@@ -90,3 +90,38 @@ def test_transfer_onto_a_new_vocabulary_reinitialises_the_head(tmp_path: Path, c
     keep = lm(tmp_path, corpora[1], tiny, transfer_embeddings=True)
     with pytest.raises(TaskError, match="set task.vocab_from"):  # the hook runs before shapes are compared
         check_source(Source(1, ticket, "t"), keep, keep.build_model(0))
+
+
+def test_check_ticket_names_the_vocabulary_it_expects(tmp_path: Path, make_corpus, tiny):
+    a = make_corpus(tmp_path / "a", words=OTHER_WORDS)
+    b = make_corpus(tmp_path / "b", words=tuple(f"x{w}" for w in OTHER_WORDS))  # the same text, words renamed
+    source = lm(tmp_path, a, tiny)
+    path = save_ticket(source, tmp_path / "ticket")
+    ticket = T.load(path)
+    source.check_ticket(ticket.meta)  # its own vocabulary
+    other = lm(tmp_path, b, tiny)
+    va, vb = source.data().vocab, other.data().vocab
+    assert len(va) == len(vb) and va != vb  # same shapes: only the vocabulary tells them apart
+    model = other.build_model(0)
+    T.check_fits(ticket, model, other.prunable(model))  # the core's shape check passes...
+    with pytest.raises(TaskError, match=rf"vocabulary mismatch: the ticket expects the vocabulary it was found with "
+                                        rf"\({len(va)} word tokens, sha256 {va.sha256[:12]}\), but this task built "
+                                        rf"another one \({len(vb)} word tokens, sha256 {vb.sha256[:12]}\) from {b}"
+                                        r".*Set task.vocab_from to the ticket's folder"):
+        other.check_ticket(ticket.meta)  # ...the vocabulary check does not
+    lm(tmp_path, b, tiny, vocab_from=str(path)).check_ticket(ticket.meta)
+    with pytest.raises(TaskError, match=r"the ticket records no vocabulary \(none recorded: not an nlp ticket\)"):
+        source.check_ticket({"task": {"plugin": "vision"}})
+    # a classifier ticket likewise
+    for name, words in (("ca", "good bad fine awful"), ("cb", "great poor nice dull")):
+        (tmp_path / name).mkdir()
+        for split in ("train", "dev", "test"):
+            lines = (f"{i % 2}\t{w} film\n" for i, w in enumerate(words.split()))
+            (tmp_path / name / f"{split}.tsv").write_text("".join(lines))
+    clf = NLPPlugin().make_task("classify", {"dataset": "tsv", "corpus": "ca", "emb_size": 4, "hidden_size": 4},
+                                data_root=tmp_path)
+    meta = T.load(save_ticket(clf, tmp_path / "clf")).meta
+    clf.check_ticket(meta)
+    with pytest.raises(TaskError, match=r"vocabulary mismatch: the ticket expects .* \(7 word tokens"):
+        NLPPlugin().make_task("classify", {"dataset": "tsv", "corpus": "cb", "emb_size": 4, "hidden_size": 4},
+                              data_root=tmp_path).check_ticket(meta)

@@ -70,11 +70,14 @@ class TokenSplits:
 
 
 def load_word_corpus(folder: Path, *, shown: str) -> TokenSplits:
-    """train/valid/test word tokens of a folder in the WikiText / PTB layout. `shown` names the option."""
+    """train/valid/test word tokens of a folder in the WikiText / PTB layout, or of one text file split by
+    lines (`load_word_file`). `shown` names the option."""
+    if folder.is_file():
+        return load_word_file(folder, shown=shown)
     if not folder.is_dir():
         raise DataError(
             f"word_lm corpus folder {folder} not found ({shown}); expected a folder holding "
-            f"{_layouts()}; {POINT_ELSEWHERE}"
+            f"{_layouts()}, or one text file (split 90/5/5 by lines); {POINT_ELSEWHERE}"
         )
     for names in LM_LAYOUTS:
         if all((folder / n).is_file() for n in names):
@@ -83,6 +86,21 @@ def load_word_corpus(folder: Path, *, shown: str) -> TokenSplits:
     have = sorted(p.name for p in folder.iterdir())[:10]
     raise DataError(f"{folder} ({shown}) does not hold a word_lm corpus: expected {_layouts()}; "
                     f"it holds {have or 'nothing'}")
+
+
+def load_word_file(file: Path, *, shown: str) -> TokenSplits:
+    """Word tokens of one text file split by lines, as char_lm splits by characters: the first 90% of the
+    lines train, the next 5% valid, the last 5% test (e.g. Tiny Shakespeare at word level)."""
+    text = read_text(file)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    a, b = int(CHAR_SPLIT[0] * len(lines)), int(sum(CHAR_SPLIT) * len(lines))
+    if a == 0 or b == a or b == len(lines):
+        raise DataError(f"{file} ({shown}) holds {len(lines)} lines: too few to split 90/5/5 by lines into "
+                        "train/valid/test")
+    train, valid, test = (word_tokens("\n".join(part) + "\n") for part in (lines[:a], lines[a:b], lines[b:]))
+    return TokenSplits(train=train, valid=valid, test=test, source=str(file))
 
 
 def _layouts() -> str:

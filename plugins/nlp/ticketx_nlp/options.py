@@ -36,7 +36,8 @@ class _Options:
 class LMOptions(_Options):
     """A word- or character-level LSTM language model (word_lm, char_lm); every field is `task.<field>`."""
 
-    # word_lm: a folder of train/valid/test files; char_lm: one text file; a relative path is under the data root
+    # word_lm: a folder of train/valid/test files (or one file split by lines); char_lm: one text file; a relative
+    # path is under the data root
     corpus: str = ""
     emb_size: int = 200
     hidden_size: int = 200
@@ -78,8 +79,8 @@ class LMOptions(_Options):
     def checked_for(self, task: str) -> LMOptions:
         """These options checked against the task they are for."""
         if not self.corpus:
-            layout = ("a folder holding train.txt, valid.txt and test.txt" if task == "word_lm"
-                      else "one text file, split 90/5/5 into train/valid/test")
+            layout = ("a folder holding train.txt, valid.txt and test.txt (or one text file, split 90/5/5 by "
+                      "lines)" if task == "word_lm" else "one text file, split 90/5/5 into train/valid/test")
             raise TaskError(f"task.corpus must name the {task} corpus, {layout}, under the data root "
                             f"(e.g. 'text/brown' or 'text/tinyshakespeare/input.txt'), got '' (absent)")
         return self

@@ -45,22 +45,44 @@ def resolve_vocab(vocab_from: str, kind: str, tokens: Sequence[str], *, min_freq
     return vocab
 
 
+def ticket_vocab(meta: Mapping[str, Any]) -> tuple[str | None, str]:
+    """The sha256 of the vocabulary a ticket's metadata records (None if none), and a description of it."""
+    src = meta.get("task")
+    src = src if isinstance(src, dict) else {}
+    sha = src.get("vocab_sha256")
+    if not isinstance(sha, str) or not sha:
+        return None, "none recorded: not an nlp ticket"
+    return sha, f"{src.get('vocab_size', '?')} {src.get('vocab_kind', '?')} tokens, sha256 {sha[:12]}"
+
+
 def check_vocab_source(meta: Mapping[str, Any], vocab: Vocab, *, keeps_embeddings: bool) -> None:
     """Raise TaskError when a ticket's embedding would be kept on a vocabulary other than its own."""
     if not keeps_embeddings:  # embedding and decoder are head: re-initialised on the target's vocabulary
         return
-    src = meta.get("task")
-    src = src if isinstance(src, dict) else {}
-    sha = src.get("vocab_sha256")
+    sha, theirs = ticket_vocab(meta)
     if sha == vocab.sha256:
         return
-    theirs = (f"{src.get('vocab_size', '?')} {src.get('vocab_kind', '?')} tokens, sha256 {str(sha)[:12]}"
-              if sha else "none recorded: not an nlp ticket")
     raise TaskError(
         f"the ticket's vocabulary ({theirs}) differs from this task's ({vocab.describe()}), and "
         "task.transfer_embeddings = true keeps the ticket's embedding and decoder, whose rows belong to the "
         "ticket's tokens: set task.vocab_from to the ticket's folder to use its vocabulary here, or "
         "task.transfer_embeddings = false to re-initialise them on this task's vocabulary"
+    )
+
+
+def check_ticket_vocab(meta: Mapping[str, Any], vocab: Vocab, source: str) -> None:
+    """Raise TaskError unless a ticket was found on exactly `vocab` (for loading it whole, embedding included)."""
+    sha, theirs = ticket_vocab(meta)
+    if sha == vocab.sha256:
+        return
+    if sha is None:
+        raise TaskError(f"vocabulary mismatch: the ticket records no vocabulary ({theirs}); this task's embedding "
+                        f"rows are the tokens of {vocab.describe()} built from {source}")
+    raise TaskError(
+        f"vocabulary mismatch: the ticket expects the vocabulary it was found with ({theirs}), but this task "
+        f"built another one ({vocab.describe()}) from {source}: the corpus or task.min_freq / max_vocab / "
+        "train_tokens / train_examples differ from the ticket's. Set task.vocab_from to the ticket's folder (or "
+        "its find job's) to build the task on the ticket's own vocabulary"
     )
 
 
@@ -134,6 +156,11 @@ class LanguageModelTask:
     def check_source(self, meta: Mapping[str, Any]) -> None:
         """Before a transfer: a ticket whose embedding is kept must share this task's vocabulary."""
         check_vocab_source(meta, self.data().vocab, keeps_embeddings=self.options.transfer_embeddings)
+
+    def check_ticket(self, meta: Mapping[str, Any]) -> None:
+        """Before a ticket is loaded whole (embedding and decoder included) to be trained or evaluated on this
+        task: it must have been found on this task's vocabulary (TaskError naming the one it expects)."""
+        check_ticket_vocab(meta, self.data().vocab, self.data().source)
 
     def data(self) -> LMData:
         """Id streams and vocabulary, read on first use and kept for the task's lifetime."""
@@ -239,6 +266,10 @@ class ClassifyTask:
     def check_source(self, meta: Mapping[str, Any]) -> None:
         """Before a transfer: a ticket whose embedding is kept must share this task's vocabulary."""
         check_vocab_source(meta, self.data().vocab, keeps_embeddings=self.options.transfer_embeddings)
+
+    def check_ticket(self, meta: Mapping[str, Any]) -> None:
+        """Before a ticket is loaded whole (embedding included): it must have been found on this vocabulary."""
+        check_ticket_vocab(meta, self.data().vocab, self.data().source)
 
     def data(self) -> ClassifyData:
         """Encoded splits and vocabulary, read on first use and kept for the task's lifetime."""

@@ -19,3 +19,12 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def scratch_cwd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A store `sqlite:///...` keeps artifacts under ./mlruns: keep them out of the repository."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(before)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
 import gymnasium as gym
 import pytest
 import torch
+from click.testing import CliRunner
 from rl_helpers import TINY, plan
 
 from ticketx import plugins
+from ticketx.cli import main
 from ticketx.task import TaskError
+from ticketx_rl import agents
 from ticketx_rl.options import RLOptions, sb3_defaults
 from ticketx_rl.plugin import RLPlugin
 
@@ -123,3 +131,101 @@ def test_options_are_frozen():
     o = RLOptions()
     with pytest.raises(AttributeError):
         o.env = "Acrobot-v1"  # type: ignore[misc]
+
+
+def test_unfit_action_space_and_unknown_env_fail_when_the_task_is_made():
+    # no prepare(), no model: the options alone are refused, as an unknown key would be
+    with pytest.raises(TaskError, match=r"dqn needs a Discrete action space; task.env 'Pendulum-v1' has "
+                                        r"Box\(-2.0, 2.0, \(1,\), float32\) \(use ppo or a2c\)"):
+        make("dqn", env="Pendulum-v1")
+    with pytest.raises(TaskError, match=r"task.env 'Acrobot-v2' is not a registered gymnasium environment; "
+                                        r"close matches: Acrobot-v1"):
+        make("a2c", env="Acrobot-v2")
+
+
+@pytest.mark.parametrize("name, over, bad, match", [
+    ("ppo", {}, {"batch_size": 65}, r"train.batch_size is ppo's minibatch and must be in \[2, n_steps x n_envs = "
+                                    r"32 x 2 = 64\], got 65: lower train.batch_size or raise task.n_steps"),
+    ("ppo", {}, {"batch_size": 1}, r"must be in \[2, n_steps x n_envs = 32 x 2 = 64\], got 1"),
+    ("ppo", {}, {"clip_grad_norm": 1.0}, r"train.clip_grad_norm \(1\) is not used by rl tasks: stable-baselines3 "
+                                         r"clips the gradient norm itself, at task.max_grad_norm \(0.5 here\)"),
+    ("a2c", {}, {"optimizer": "sgd", "nesterov": True}, r"train.nesterov needs train.momentum > 0 \(torch's SGD\), "
+                                                        r"got momentum 0"),
+    ("dqn", {"learning_starts": 200}, {"steps": 200},
+     r"dqn would make no update: it fills its replay buffer for task.learning_starts = 200 env steps from step 0"),
+    ("dqn", {}, {"steps": 128, "start_step": 96},
+     r"task.learning_starts = 32 env steps from step 96 \(the rewind step\) before the first, and trains to "
+     r"train.steps = 128"),
+    ("a2c", {}, {"steps": 64, "start_step": 64}, r"train.steps \(64\) must exceed the rewind step \(64\)"),
+    ("dqn", {}, {"optimizer": "rmsprop"}, r"train.optimizer must be one of 'sgd', 'adam', 'adamw', got 'rmsprop'"),
+])
+def test_plans_the_algorithm_cannot_train_are_refused_before_training(name, over, bad, match, monkeypatch):
+    task = make(name, **{**TINY[name], **over})
+    p = replace(plan(), **bad)
+    with pytest.raises(TaskError, match=match):
+        task.check_plan(p)  # what the core can call before it records any run
+    # train refuses the same plan before stable-baselines3 makes an environment
+    monkeypatch.setattr(agents, "make_vec_env", lambda *a, **k: pytest.fail("an environment was made"))
+    with pytest.raises(TaskError, match=match):
+        task.train(task.build_model(0), {}, p, None)
+
+
+def test_plans_that_fit_pass_the_check():
+    make("a2c", **TINY["a2c"]).check_plan(replace(plan(), batch_size=10_000))  # a2c has no minibatch
+    make("ppo", **TINY["ppo"]).check_plan(replace(plan(), batch_size=64, optimizer="sgd", momentum=0.9,
+                                                  nesterov=True))
+    make("dqn", **TINY["dqn"]).check_plan(replace(plan(), steps=128, start_step=64))
+
+
+# the core calls the optional Task.check_plan for every plan of the job before it opens any MLflow run
+def test_bad_plan_fails_before_any_mlflow_run(tmp_path):
+    from ticketx import config as C
+    from ticketx.find import run_find
+    from ticketx.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/m.db")
+    cfg = C.from_dict({"name": "bad-plan", "task": {"plugin": "rl", "name": "ppo", **TINY["ppo"]},
+                       "train": {"steps": 128, "batch_size": 65, "eval_every": 64}, "prune": {"levels": 1}})
+    with pytest.raises(TaskError, match=r"train.batch_size is ppo's minibatch"):
+        run_find(cfg, make("ppo", **TINY["ppo"]), tracker, root=tmp_path, experiment="rl-bad-plan")
+    assert tracker.client.get_experiment_by_name("rl-bad-plan") is None
+
+
+# ------------------------------------------------------------------ the command line: clear error, exit 1
+
+BAD_RECIPE = """
+name = "rl-bad"
+[task]
+plugin = "rl"
+name = "{name}"
+env = "{env}"
+[train]
+steps = 128
+[prune]
+levels = 1
+"""
+
+
+@pytest.mark.parametrize("name, env, match", [
+    ("ppo", "CartPole-v9", "task.env 'CartPole-v9' is not a registered gymnasium environment; close matches: "
+                           "CartPole-v0, CartPole-v1"),
+    ("dqn", "Pendulum-v1", "dqn needs a Discrete action space; task.env 'Pendulum-v1' has Box(-2.0, 2.0, (1,), "
+                           "float32) (use ppo or a2c)"),
+])
+def test_cli_bad_environment_clear_error_nonzero_exit(tmp_path, monkeypatch, name, env, match):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    (tmp_path / "bad.toml").write_text(BAD_RECIPE.format(name=name, env=env))
+    r = CliRunner().invoke(main, ["find", "bad.toml", "--workers", "1"])
+    assert r.exit_code == 1 and match in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "ticketx-runs").exists()  # refused with the options: no job folder, no run
+
+
+def test_cli_bad_environment_as_a_real_process(tmp_path):
+    (tmp_path / "bad.toml").write_text(BAD_RECIPE.format(name="a2c", env="Acrobot-v0"))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
+    done = subprocess.run([sys.executable, "-m", "ticketx", "find", "bad.toml"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "Error: task.env 'Acrobot-v0' is not a registered gymnasium environment; close matches: Acrobot-v1" \
+        in done.stderr

@@ -3,17 +3,24 @@ environments (CartPole -> Acrobot) and algorithms (A2C -> PPO), with a temporary
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from rl_helpers import TINY
+from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from ticketx import config as C
+from ticketx import transfer as transferlib
 from ticketx import ticket as T
+from ticketx.cli import main
 from ticketx.find import run_find
 from ticketx.ticket import TicketError
 from ticketx.tracking import Tracker
 from ticketx.transfer import resolve, run_transfer
+from ticketx.transfer import target_config as target_config_of
 from ticketx.task import TaskError
 from ticketx_rl.plugin import RLPlugin
 from ticketx_rl.task import RLTask
@@ -133,3 +140,85 @@ def test_ticket_of_another_width_names_every_tensor(ppo_job, tracker, tmp_path):
     assert "mlp_extractor.value_net.2.bias: ticket shape (16,), model shape (8,)" in msg
     assert "the head rule re-initialised ['action_net.bias', 'action_net.weight'" in msg
     assert tracker.client.get_experiment_by_name("rl-mismatch") is None
+
+
+# ------------------------------------------------------------------ transfer across algorithms by name
+
+def test_to_a2c_by_name_drops_ppo_only_options_and_says_so(ppo_job, caplog):
+    src = T.load(ppo_job.job_dir / "r0" / "L01" / "ticket")
+    assert {"clip_range", "n_epochs"} <= set(src.meta["task"]["options"])
+    with caplog.at_level("WARNING", logger="ticketx.transfer"):
+        cfg = target_config_of("rl/a2c", src, ["task.gae_lambda=0.9"])
+    opts = cfg.task.options
+    assert (cfg.task.plugin, cfg.task.name) == ("rl", "a2c")
+    assert "clip_range" not in opts and "n_epochs" not in opts
+    # what both algorithms take stays the source's (the network above all), --set applies afterwards
+    assert opts["net_arch"] == [16, 16] and opts["n_steps"] == 32 and opts["n_envs"] == 2
+    assert opts["gae_lambda"] == 0.9
+    message = ("rl/a2c does not take the source rl/ppo ticket's task option(s) clip_range, n_epochs: dropped "
+               "(the target's defaults apply)")
+    assert message in caplog.text and message in cfg.description
+    task = RLPlugin().make_task("a2c", opts, data_root=None)  # the plugin takes what is left
+    assert task.spec()["options"]["net_arch"] == [16, 16]
+    with pytest.raises(TaskError, match=r"task.clip_range applies to ppo only, got 0.1 for a2c"):
+        cfg = target_config_of("rl/a2c", src, ["task.clip_range=0.1"])  # asked for by name: refused
+        RLPlugin().make_task("a2c", cfg.task.options, data_root=None)
+
+
+def test_to_ppo_by_name_keeps_every_a2c_option(tmp_path, caplog):
+    meta = {"task": task_of("a2c").spec(), "train": TRAIN}
+    with caplog.at_level("WARNING", logger="ticketx.transfer"):
+        cfg = target_config_of("rl/ppo", T.Ticket(masks={}, weights={}, meta=meta), [])
+    assert cfg.task.options == {k: v for k, v in meta["task"]["options"].items()}  # a2c's are a subset of ppo's
+    assert not caplog.text
+    assert RLPlugin().make_task("ppo", cfg.task.options, data_root=None).options.n_steps == 8
+
+
+def test_task_options_name_what_each_algorithm_takes():
+    plugin = RLPlugin()
+    assert set(plugin.task_options("ppo")) - set(plugin.task_options("a2c")) == {"clip_range", "n_epochs"}
+    assert "buffer_size" in plugin.task_options("dqn") and "n_steps" not in plugin.task_options("dqn")
+    for name in ("ppo", "a2c", "dqn"):  # every option a task records is one it takes
+        assert set(task_of(name).spec()["options"]) == set(plugin.task_options(name))
+    with pytest.raises(TaskError, match=r"got 'sac'"):
+        plugin.task_options("sac")
+
+
+def test_cli_transfer_ppo_ticket_to_a2c_by_name(ppo_job, tracker, tmp_path, monkeypatch, caplog):
+    caplog.set_level("WARNING", logger="ticketx.transfer")  # printed on stderr where logging is not set up
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.uri)
+    monkeypatch.chdir(tmp_path)
+    titles = []
+    original = transferlib.plot
+    monkeypatch.setattr(transferlib, "plot", lambda rows, spec, path, title: (titles.append(title),
+                                                                              original(rows, spec, path, title))[1])
+    r = CliRunner().invoke(main, ["transfer", str(ppo_job.job_dir), "--to", "rl/a2c", "--levels", "1",
+                                  "--set", "train.steps=128", "--workers", "1", "--experiment", "rl-cli-a2c"])
+    assert r.exit_code == 0, r.output
+    assert "does not take the source rl/ppo ticket's task option(s) clip_range, n_epochs: dropped" in caplog.text
+    assert "onto rl/a2c" in r.output
+    lines = r.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("level  density"))
+    assert {line.split()[2] for line in lines[header + 2: header + 6]} == set(ARMS)
+    # the figure names both environments, not only the algorithms
+    assert titles == ["ticket of rl/ppo on CartPole-v1 -> rl/a2c on CartPole-v1\nadam, lr 0.001"]
+
+
+def test_cli_ticket_of_another_shape_fails_before_any_run(ppo_job, tracker, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.uri)
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["transfer", str(ppo_job.job_dir), "--to", "rl/ppo", "--levels", "1",
+                                  "--set", "task.net_arch=[8, 8]", "--experiment", "rl-cli-shape"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "mlp_extractor.policy_net.2.weight: ticket shape (16, 16), model shape (8, 8)" in r.output
+    assert tracker.client.get_experiment_by_name("rl-cli-shape") is None
+
+
+def test_dropped_options_are_printed_by_a_real_process(ppo_job):
+    """Where logging is not configured (the ticketx command), the warning goes to stderr as it is."""
+    code = ("from ticketx import ticket, transfer; "
+            f"transfer.target_config('rl/a2c', ticket.load({str(ppo_job.job_dir / 'r0' / 'L01' / 'ticket')!r}), [])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("rl/a2c does not take the source rl/ppo ticket's task option(s) clip_range, "
+                                  "n_epochs: dropped")

@@ -95,6 +95,37 @@ def head_params(model: nn.Module) -> set[str]:
     return out
 
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def check_plan(algorithm: str, o: RLOptions, plan: Plan) -> None:
+    """Raise TaskError for a plan `algorithm` cannot train with these options, naming the keys to change:
+    everything stable-baselines3 would refuse (or silently ignore) once training has started."""
+    if plan.steps <= plan.start_step:
+        raise TaskError(f"train.steps ({plan.steps}) must exceed the rewind step ({plan.start_step})")
+    if plan.optimizer not in OPTIMIZERS:
+        raise TaskError(f"train.optimizer must be one of {', '.join(repr(x) for x in OPTIMIZERS)}, "
+                        f"got {plan.optimizer!r}")
+    if plan.optimizer == "sgd" and plan.nesterov and plan.momentum <= 0:
+        raise TaskError("train.nesterov needs train.momentum > 0 (torch's SGD), got momentum "
+                        f"{plan.momentum:g}")
+    if plan.clip_grad_norm > 0:
+        raise TaskError(f"train.clip_grad_norm ({plan.clip_grad_norm:g}) is not used by rl tasks: "
+                        f"stable-baselines3 clips the gradient norm itself, at task.max_grad_norm "
+                        f"({o.max_grad_norm:g} here); set that instead and leave train.clip_grad_norm at 0")
+    if algorithm == "ppo":
+        rollout = rollout_size(algorithm, o)
+        if not 1 < plan.batch_size <= rollout:
+            raise TaskError(f"train.batch_size is ppo's minibatch and must be in [2, n_steps x n_envs = "
+                            f"{o.n_steps} x {o.n_envs} = {rollout}], got {plan.batch_size}: lower "
+                            "train.batch_size or raise task.n_steps or task.n_envs")
+    if algorithm == "dqn" and plan.start_step + o.learning_starts >= plan.steps:
+        raise TaskError(f"dqn would make no update: it fills its replay buffer for task.learning_starts = "
+                        f"{o.learning_starts} env steps from step {plan.start_step} (the rewind step) before "
+                        f"the first, and trains to train.steps = {plan.steps}; lower task.learning_starts "
+                        "or raise train.steps")
+
+
 def _optimizer(algorithm: str, plan: Plan) -> dict[str, Any]:
     """optimizer_class / optimizer_kwargs for the policy, from the plan (the core's train.optimizer)."""
     if plan.optimizer == "sgd":
@@ -106,7 +137,7 @@ def _optimizer(algorithm: str, plan: Plan) -> dict[str, Any]:
             kwargs["eps"] = 1e-5  # stable-baselines3's ActorCriticPolicy default for Adam
         cls = torch.optim.Adam if plan.optimizer == "adam" else torch.optim.AdamW
         return {"optimizer_class": cls, "optimizer_kwargs": kwargs}
-    raise TaskError(f"train.optimizer must be one of 'sgd', 'adam', 'adamw', got {plan.optimizer!r}")
+    raise AssertionError(plan.optimizer)  # check_plan refuses any other
 
 
 def rollout_size(algorithm: str, o: RLOptions) -> int:
@@ -118,8 +149,7 @@ def rollout_size(algorithm: str, o: RLOptions) -> int:
 def build_algorithm(algorithm: str, o: RLOptions, plan: Plan) -> BaseAlgorithm:
     """A fresh stable-baselines3 algorithm on `o.env` for `plan`: its environments and exploration seeded
     by `plan.data_seed`, the learning rate following the plan's schedule over env steps."""
-    if plan.steps <= plan.start_step:
-        raise TaskError(f"train.steps ({plan.steps}) must exceed the rewind step ({plan.start_step})")
+    check_plan(algorithm, o, plan)
     kwargs = o.sb3_kwargs(algorithm)
     linear = o.schedule == "linear"
 
@@ -129,10 +159,6 @@ def build_algorithm(algorithm: str, o: RLOptions, plan: Plan) -> BaseAlgorithm:
         return lr_at(step, plan) * (progress_remaining if linear else 1.0)
 
     if algorithm == "ppo":
-        rollout = rollout_size(algorithm, o)
-        if not 1 < plan.batch_size <= rollout:
-            raise TaskError(f"train.batch_size is ppo's minibatch and must be in [2, n_steps x n_envs = "
-                            f"{o.n_steps} x {o.n_envs} = {rollout}], got {plan.batch_size}")
         kwargs["batch_size"] = plan.batch_size
         if linear:
             clip = float(kwargs["clip_range"])

@@ -8,7 +8,7 @@ from typing import Any
 
 from ticketx.task import TaskError
 
-from .options import ALGORITHMS, RLOptions, suggest
+from .options import ALGORITHMS, COMMON, ONLY, RLOptions, suggest
 from .task import RLTask
 
 TASKS = {
@@ -25,10 +25,20 @@ class RLPlugin:
         """Task name -> one-line description."""
         return dict(TASKS)
 
+    def task_options(self, name: str) -> tuple[str, ...]:
+        """The `[task]` keys (besides plugin and name) that task `name` takes: what `ticketx transfer
+        --to rl/<name>` keeps of a source ticket's options (ppo's clip_range and n_epochs do not go to a2c)."""
+        _check_name(name)
+        return COMMON + ONLY[name]
+
     def make_task(self, name: str, options: Mapping[str, Any], *, data_root: Path | None) -> RLTask:
         """The named task with its options checked against the algorithm and the environment's id;
         `data_root` is unused (environments are simulated)."""
-        if name not in ALGORITHMS:
-            raise TaskError(f"task.name must be one of the rl tasks {', '.join(ALGORITHMS)}, got {name!r}"
-                            + suggest(name, ALGORITHMS))
+        _check_name(name)
         return RLTask(name, RLOptions.from_mapping(options, algorithm=name))
+
+
+def _check_name(name: str) -> None:
+    if name not in ALGORITHMS:
+        raise TaskError(f"task.name must be one of the rl tasks {', '.join(ALGORITHMS)}, got {name!r}"
+                        + suggest(name, ALGORITHMS))

@@ -38,8 +38,8 @@ class RLTask:
             raise TaskError(f"task.name must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
         self.algorithm = algorithm
         self.options = options.resolved_for(algorithm)
-        envs.check_id(self.options.env)
         self._spaces: envs.EnvSpaces | None = None
+        self.spaces()  # an unknown id or an action space the algorithm cannot take fails with the options
 
     def spec(self) -> dict[str, Any]:
         """JSON-able description saved with tickets: plugin, task (the algorithm) and every option used."""
@@ -54,11 +54,17 @@ class RLTask:
         return self._spaces
 
     def prepare(self) -> None:
-        """Make the environment now, so that a missing simulator or an unfit action space fails before
-        any run is recorded."""
+        """Make the real environment now, so that a missing simulator fails before any run is recorded
+        (unknown ids and unfit action spaces already failed when the task was made)."""
         s = envs.env_spaces(self.options.env, real=True)
         envs.check_spaces(self.options.env, self.algorithm, s)
         self._spaces = s
+
+    def check_plan(self, plan: Plan) -> None:
+        """Raise TaskError for a plan this algorithm cannot train with these options (ppo's minibatch
+        larger than a rollout, train.clip_grad_norm, a dqn that would make no update, ...), naming the
+        keys to change. `train` calls it first; a caller may call it before any run is recorded."""
+        agents.check_plan(self.algorithm, self.options, plan)
 
     def build_model(self, seed: int) -> nn.Module:
         """The algorithm's policy module (what the ticket covers), initialised from `seed` alone."""
