@@ -41,9 +41,23 @@ def _errors() -> tuple[type[BaseException], ...]:
             ReportError, AnalysisError)
 
 
-def _workers(option: int | None) -> int:
+def _workers(option: int | None, backend: str = "local") -> int:
     from .pool import default_workers
+    if backend == "ray":
+        return option or 0  # 0: one worker per CPU of the cluster
     return option or default_workers()
+
+
+def _backend(name: str, address: str | None) -> Any:
+    """None for the local process pool, else the Ray backend (joining `address`, or a local cluster)."""
+    if name == "local":
+        if address:
+            raise click.UsageError("--address is for --backend ray")
+        return None
+    from .raypool import RayBackend
+    backend = RayBackend(address)
+    backend.check()  # before any MLflow run: Ray missing, or a cluster that does not answer
+    return backend
 
 
 class _Printer:
@@ -147,7 +161,13 @@ def _job_options(command: Any) -> Any:
         click.option("--out", type=click.Path(path_type=Path), default=Path("ticketx-runs"), show_default=True,
                      envvar="TICKETX_OUT", help="where job folders (tickets, results) are written"),
         click.option("--workers", type=click.IntRange(min=1), default=None,
-                     help="one-thread processes training arms side by side [default: the number of cores]"),
+                     help="one-thread processes training arms side by side [default: the number of cores; "
+                          "with --backend ray, the cluster's CPUs]"),
+        click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     envvar="TICKETX_BACKEND", help="where arms run: this machine's process pool, or Ray "
+                                                    '(pip install "ticketx[ray]")'),
+        click.option("--address", metavar="HOST:PORT", envvar="RAY_ADDRESS",
+                     help="the Ray cluster to join [default: $RAY_ADDRESS, else a local one]"),
     ]):
         command = option(command)
     return command
@@ -159,7 +179,7 @@ def _job_options(command: Any) -> Any:
               help="override a recipe key, e.g. --set train.steps=500 (repeatable; values are TOML)")
 @_job_options
 def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_root: str | None,
-         out: Path, workers: int | None) -> None:
+         out: Path, workers: int | None, backend: str, address: str | None) -> None:
     """Search for winning tickets by iterative magnitude pruning, with random-reinit and random-prune
     controls at every level. Running the same recipe again resumes where it stopped."""
     from . import config as configlib
@@ -177,7 +197,7 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
                    f"MLflow store {tracker.uri}")
         result = findlib.run_find(cfg, task, tracker, root=out, experiment=experiment,
                                   progress=_Printer(task.metrics.primary, task.metrics.early_stop),
-                                  workers=_workers(workers),
+                                  workers=_workers(workers, backend), backend=_backend(backend, address),
                                   data_root=resolve_data_root(data_root))
     except _errors() as e:
         raise click.ClickException(str(e)) from None
@@ -205,7 +225,8 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
               help="a find job on the target (folder or run id): its tickets train as the target_ticket arm")
 @_job_options
 def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str | None, compare_ref: str | None,
-             experiment: str | None, data_root: str | None, out: Path, workers: int | None) -> None:
+             experiment: str | None, data_root: str | None, out: Path, workers: int | None, backend: str,
+             address: str | None) -> None:
     """Train a ticket (a ticket folder, a find job folder, runs:/RUN_ID/ticket, or RUN_ID[@LEVEL]) on
     another dataset, optimizer or learning rate, beside a random ticket, the ticket's masks with fresh
     weights, and the dense network. A list of learning rates is a grid: validation picks one per arm."""
@@ -232,7 +253,8 @@ def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str |
         result = transferlib.run_transfer(cfg, task, sources, tracker, root=out, compare=compare,
                                           experiment=experiment,
                                           progress=_Printer(task.metrics.primary, task.metrics.early_stop),
-                                          workers=_workers(workers), data_root=resolve_data_root(data_root))
+                                          workers=_workers(workers, backend),
+                                          backend=_backend(backend, address), data_root=resolve_data_root(data_root))
     except _errors() as e:
         raise click.ClickException(str(e)) from None
     finally:

@@ -216,13 +216,14 @@ def _order(key: tuple[int, int, str]) -> tuple[bool, int]:
 
 def run_find(config: FindConfig, task: Task, tracker: Tracker, *, root: Path,
              experiment: str | None = None, progress: Progress | None = None, workers: int = 1,
-             data_root: Path | None = None) -> FindResult:
+             data_root: Path | None = None, backend: pool.Backend | None = None) -> FindResult:
     """Run (or resume) a ticket search, recording every arm in MLflow under one parent run.
 
     `progress(event, info)` is called with events "resume", "start", "eval", "done" (info holds the
     arm's record) and "skip" (an arm finished by an earlier run of the same job). With `workers` > 1,
     arms whose masks are known train side by side in that many one-thread processes, each rebuilding
     the task from `config.task` through its plugin (with `data_root`); the numbers are the same.
+    `backend` runs them elsewhere (`ticketx.raypool.RayBackend`: a Ray cluster), with the same numbers.
     """
     c = config
     job = _job(c, task, tracker, root, experiment or c.name, progress)
@@ -237,8 +238,7 @@ def run_find(config: FindConfig, task: Task, tracker: Tracker, *, root: Path,
         units = search.units()
         work = _Work(c, data_root, tracker.uri, Path(root), job.experiment, job.parent, job.exp_id)
         done = pool.run(units, lambda key: search.arm(*key), work, workers=workers, progress=job.progress,
-                        threads=torch.get_num_threads(),
-                        first=_order)
+                        threads=torch.get_num_threads(), first=_order, backend=backend)
         records = list(done.values())
         rows = summarise(records, task.metrics, order=ARM_ORDER)
         primary = f"es_test_{task.metrics.primary}_mean"

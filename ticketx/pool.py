@@ -85,53 +85,104 @@ def _run_unit(key: Key) -> dict[str, Any]:
     return _runner(key)
 
 
+class Backend(Protocol):
+    """Where units run when they run side by side: the local process pool, or Ray (`ticketx.raypool`)."""
+
+    name: str
+
+    def start(self, work: Work, *, workers: int, threads: int) -> int:
+        """Start the workers, each building `work` once; return how many there are."""
+
+    def submit(self, key: Key) -> Future:
+        """Run unit `key` on a free worker (the scheduler never has more running than workers)."""
+
+    def result(self, fut: Future, key: Key) -> dict[str, Any]:
+        """The finished unit's record, or WorkerError naming the unit and what went wrong."""
+
+    def drain(self, progress: Progress) -> None:
+        """Hand the workers' progress events received so far to `progress`."""
+
+    def close(self, progress: Progress) -> None:
+        """Stop the workers (the running units have finished or failed); hand over the last events."""
+
+
+class LocalBackend:
+    """One-thread worker processes on this machine (spawned, never forked)."""
+
+    name = "local"
+
+    def start(self, work: Work, *, workers: int, threads: int) -> int:
+        ctx = mp.get_context("spawn")  # fork after torch and mlflow started threads can deadlock
+        self.events = ctx.Queue()  # progress from the workers, handed to them when they start
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                        initargs=(work, self.events, threads, os.getpid()))
+        return workers
+
+    def submit(self, key: Key) -> Future:
+        return self.pool.submit(_run_unit, key)
+
+    def result(self, fut: Future, key: Key) -> dict[str, Any]:
+        try:
+            return fut.result()
+        except BrokenProcessPool as e:
+            raise WorkerError(f"a worker process died while running {key} (killed, or out of memory): {e}") from None
+        except Exception as e:  # the unit's own error, raised in the worker
+            raise WorkerError(f"{key} failed in a worker: {type(e).__name__}: {e}") from e
+
+    def drain(self, progress: Progress) -> None:
+        _drain(self.events, progress)
+
+    def close(self, progress: Progress) -> None:
+        if not hasattr(self, "pool"):
+            return
+        try:
+            self.pool.shutdown(wait=True)
+            _drain(self.events, progress)
+        finally:
+            self.events.close()
+
+
 def run(units: Mapping[Key, tuple[Key, ...]], local: Callable[[Key], dict[str, Any]], work: Work, *,
         workers: int, progress: Progress, first: Callable[[Key], Any] = lambda k: 0,
-        threads: int = 1) -> dict[Key, dict[str, Any]]:
+        threads: int = 1, backend: Backend | None = None) -> dict[Key, dict[str, Any]]:
     """Run every unit once its dependencies are done; return records by key, in the units' order.
 
-    With `workers` <= 1 the units run here, through `local`, in dependency order. Otherwise `work` is
-    built in each of `workers` spawned processes; among the units ready to start, those with the smallest
+    Without a `backend` and with `workers` <= 1 the units run here, through `local`, in dependency
+    order. Otherwise `work` is built in each of the backend's workers (`workers` of them; for Ray, 0
+    asks for one per CPU of the cluster); among the units ready to start, those with the smallest
     `first(key)` start first (the chain other units wait for, say).
     """
     order = _order(units)
-    if workers <= 1 or len(units) <= 1:
+    if backend is None and (workers <= 1 or len(units) <= 1):
         results = {k: local(k) for k in order}
         return {k: results[k] for k in units}
+    backend = backend or LocalBackend()
     results: dict[Key, dict[str, Any]] = {}
-    ctx = mp.get_context("spawn")  # fork after torch and mlflow started threads can deadlock
-    events = ctx.Queue()  # progress from the workers, handed to them when they start
     running: dict[Future, Key] = {}
-    failure: BaseException | None = None
+    failure: WorkerError | None = None
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(work, events, threads, os.getpid())) as pool:
-            waiting = list(order)
-            while waiting or running:
-                if failure is None:
-                    ready = [k for k in waiting if all(d in results or d not in units for d in units[k])]
-                    for k in sorted(ready, key=first):  # stable: the units' order among equals
-                        if len(running) >= workers:
-                            break
-                        running[pool.submit(_run_unit, k)] = k
-                        waiting.remove(k)
-                finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(events, progress)
-                for fut in finished:
-                    key = running.pop(fut)
-                    try:
-                        results[key] = fut.result()
-                    except BrokenProcessPool as e:
-                        failure = failure or WorkerError(f"a worker process died while running {key} "
-                                                         f"(killed, or out of memory): {e}")
-                    except Exception as e:  # the unit's own error, raised in the worker
-                        failure = failure or WorkerError(f"{key} failed in a worker: {type(e).__name__}: {e}")
-                        failure.__cause__ = e
-                if failure is not None:
-                    waiting.clear()  # let the running units finish and keep their results
-            _drain(events, progress)
+        slots = backend.start(work, workers=workers, threads=threads)
+        waiting = list(order)
+        while waiting or running:
+            if failure is None:
+                ready = [k for k in waiting if all(d in results or d not in units for d in units[k])]
+                for k in sorted(ready, key=first):  # stable: the units' order among equals
+                    if len(running) >= slots:
+                        break
+                    running[backend.submit(k)] = k
+                    waiting.remove(k)
+            finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+            backend.drain(progress)
+            for fut in finished:
+                key = running.pop(fut)
+                try:
+                    results[key] = backend.result(fut, key)
+                except WorkerError as e:
+                    failure = failure or e
+            if failure is not None:
+                waiting.clear()  # let the running units finish and keep their results
     finally:
-        events.close()
+        backend.close(progress)
     if failure is not None:
         raise failure
     return {k: results[k] for k in units}

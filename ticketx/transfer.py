@@ -383,7 +383,7 @@ class _Work:
 def run_transfer(config: TransferConfig, target: Task, sources: list[Source], tracker: Tracker, *, root: Path,
                  compare: list[Source] = (), experiment: str | None = None,
                  progress: Progress | None = None, workers: int = 1,
-                 data_root: Path | None = None) -> TransferResult:
+                 data_root: Path | None = None, backend: pool.Backend | None = None) -> TransferResult:
     """Train `sources` on `target` beside the controls; resume like find; choose lr on validation.
 
     With `workers` > 1 the arms train side by side in one-thread processes (see `run_find`)."""
@@ -421,7 +421,8 @@ def run_transfer(config: TransferConfig, target: Task, sources: list[Source], tr
         work = _Work(c, sources, tuple(compare), identity, digest, data_root, tracker.uri, Path(root),
                      job.experiment, job.parent, job.exp_id)
         records = list(pool.run(transfer.units(), transfer.run_unit, work, workers=workers,
-                                progress=job.progress, threads=torch.get_num_threads()).values())
+                                progress=job.progress, threads=torch.get_num_threads(),
+                                backend=backend).values())
         chosen = choose_lr(records, target.metrics)
         picked = [r for r in records if chosen[(r["level"], r["arm"])] == r["lr"]]
         rows = summarise(picked, target.metrics, order=ARM_ORDER)
