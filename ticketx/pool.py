@@ -88,8 +88,6 @@ def _run_unit(key: Key) -> dict[str, Any]:
 class Backend(Protocol):
     """Where units run when they run side by side: the local process pool, or Ray (`ticketx.raypool`)."""
 
-    name: str
-
     def start(self, work: Work, *, workers: int, threads: int) -> int:
         """Start the workers, each building `work` once; return how many there are."""
 
@@ -108,8 +106,6 @@ class Backend(Protocol):
 
 class LocalBackend:
     """One-thread worker processes on this machine (spawned, never forked)."""
-
-    name = "local"
 
     def start(self, work: Work, *, workers: int, threads: int) -> int:
         ctx = mp.get_context("spawn")  # fork after torch and mlflow started threads can deadlock

@@ -80,8 +80,6 @@ class _Worker:
 class RayBackend:
     """Units on Ray actors; see the module docstring."""
 
-    name = "ray"
-
     def __init__(self, address: str | None = None, *, max_retries: int = 2, gpus_per_worker: float = 0.0,
                  env: Mapping[str, str] | None = None) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
@@ -170,11 +168,6 @@ class RayBackend:
         if n:
             for event, info in self.events.get_nowait_batch(n):
                 progress(event, info)
-
-    def worker_pids(self) -> list[int]:
-        """The process ids of the live workers (for tests that kill one)."""
-        ray = _import_ray()
-        return ray.get([a.pid.remote() for a in self.actors])
 
     def close(self, progress: Progress) -> None:
         if not self.actors and not self.started_here:
