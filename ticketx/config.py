@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 import sys
 import types
@@ -33,6 +34,7 @@ class ConfigError(ValueError):
 
 
 ARMS = ("ticket", "random_reinit", "random_prune")
+SEED_LIMIT = 2**31  # seeds and data seeds; replicate r adds r, and every library takes the sum
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,6 +74,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if list(self.milestones) != sorted(self.milestones):
             raise ConfigError(f"train.milestones must be increasing, got {list(self.milestones)}")
+        if self.milestones and self.milestones[0] < 0:
+            raise ConfigError(f"train.milestones must be steps >= 0, got {list(self.milestones)}")
+        if not self.gamma > 0:
+            raise ConfigError(f"train.gamma must be > 0 (the lr is multiplied by it), got {self.gamma}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +123,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _positive("replicates", self.replicates)
+        for key in ("seed", "data_seed"):
+            value = getattr(self, key)
+            if value is not None and not 0 <= value < SEED_LIMIT:  # numpy, and so gymnasium, take < 2**32
+                raise ConfigError(f"{key} must be in [0, {SEED_LIMIT}), got {value}")
 
     def init_seed(self, replicate: int) -> int:
         return self.seed + replicate
@@ -268,7 +278,10 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
-        return float(value)
+        number = float(value) if isinstance(value, float) or abs(value) < 2**1023 else math.inf
+        if not math.isfinite(number):  # TOML has inf and nan, and integers too large for a float
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise bad

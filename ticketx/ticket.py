@@ -36,6 +36,10 @@ class TicketError(ValueError):
     """A ticket cannot be read, is corrupted, or does not fit a model; the message says which tensor."""
 
 
+class TicketWriteError(TicketError, OSError):
+    """A ticket could not be written (disk full, no permission); the ticket already there is unchanged."""
+
+
 @dataclass(frozen=True)
 class Ticket:
     """Masks over the prunable weights, the full state to rewind to, and what produced them."""
@@ -43,6 +47,7 @@ class Ticket:
     masks: dict[str, torch.Tensor]  # name -> 0/1 float tensor, prunable weights only
     weights: dict[str, torch.Tensor]  # name -> tensor, every entry of the model's state_dict
     meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = field(default=None, compare=False)  # the folder it was loaded from, for errors
 
     @property
     def density(self) -> float:
@@ -81,13 +86,14 @@ def save(ticket: Ticket, path: Path) -> Path:
     meta = dict(ticket.meta)
     meta["sha256"] = {MASKS: hashlib.sha256(masks_bytes).hexdigest(),
                       WEIGHTS: hashlib.sha256(weights_bytes).hexdigest()}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         _fsync_write(tmp / MASKS, masks_bytes)
         _fsync_write(tmp / WEIGHTS, weights_bytes)
         _fsync_write(tmp / META, json.dumps(meta, indent=2, sort_keys=True).encode())
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -98,8 +104,14 @@ def save(ticket: Ticket, path: Path) -> Path:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():  # failed between the two renames: put the old one back
+            os.replace(old, path)
+        if isinstance(e, OSError):  # disk full, read-only: a TicketError the CLI reports in one line
+            raise TicketWriteError(f"{path}: cannot write the ticket ({e.strerror or e}); "
+                                   "the ticket that was there, if any, is unchanged") from e
         raise
     return path
 
@@ -118,12 +130,61 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise TicketError(f"{path / META}: not UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise TicketError(f"{path / META}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise TicketError(f"{path / META}: not valid JSON (nested too deeply)") from None
     if not isinstance(meta, dict):
         raise TicketError(f"{path / META}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise TicketError(f"{path / META}: unsupported ticket format {meta.get('format')!r} "
                           f"(this ticketx reads format {FORMAT})")
+    problems = _meta_problems(meta)
+    if problems:
+        raise TicketError(f"{path / META}: " + "; ".join(problems))
     return meta
+
+
+def _is_int(v: Any, low: int, high: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v < high
+
+
+def _is_density(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+
+
+def _meta_problems(meta: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the types of the entries ticketx reads from a ticket.json (none: an empty list).
+
+    Entries are checked only where present, except `layers`; what they must agree with (the tensors) is
+    checked by `load`.
+    """
+    out = []
+    for key, low, high in (("seed", -(2**63), 2**63), ("level", 0, 2**31), ("replicate", 0, 2**31),
+                           ("rewind_step", 0, 2**63)):
+        if key in meta and not _is_int(meta[key], low, high):
+            out.append(f"{key} must be an integer in [{low}, {high}), got {str(meta[key])[:40]!r}")
+    task = meta.get("task", {})
+    if not isinstance(task, dict):
+        out.append(f"task must be an object, got {type(task).__name__}")
+    else:
+        out += [f"task.{k} must be a string, got {type(task[k]).__name__}"
+                for k in ("plugin", "task") if k in task and not isinstance(task[k], str)]
+        if "options" in task and not isinstance(task["options"], dict):
+            out.append(f"task.options must be an object, got {type(task['options']).__name__}")
+    for key in ("train", "sha256"):
+        if key in meta and not isinstance(meta[key], dict):
+            out.append(f"{key} must be an object, got {type(meta[key]).__name__}")
+    if "density" in meta and not _is_density(meta["density"]):
+        out.append(f"density must be a number in [0, 1], got {str(meta['density'])[:40]!r}")
+    layers = meta.get("layers")
+    if not isinstance(layers, list):
+        return out + [f"layers must be a list of {{name, shape, density}}, got {type(layers).__name__}"]
+    for i, x in enumerate(layers):
+        ok = (isinstance(x, dict) and isinstance(x.get("name"), str) and isinstance(x.get("shape"), list)
+              and all(_is_int(d, 0, 2**63) for d in x["shape"]) and _is_density(x.get("density")))
+        if not ok:
+            out.append(f"layers[{i}] must be {{name: string, shape: list of integers >= 0, density: number in "
+                       f"[0, 1]}}, got {str(x)[:80]}")
+    return out
 
 
 def _read_tensors(file: Path, expected_sha: Any) -> dict[str, torch.Tensor]:
@@ -152,21 +213,34 @@ def load(path: Path) -> Ticket:
     for name, m in raw_masks.items():
         if m.dtype != torch.bool:
             problems.append(f"mask {name} has dtype {m.dtype}, expected torch.bool")
+        elif bool((m.view(torch.uint8) > 1).any()):  # a bool byte other than 0 or 1: no mask ticketx writes
+            problems.append(f"mask {name} holds byte values other than 0 and 1")
         elif name not in weights:
             problems.append(f"mask {name} has no weight in {WEIGHTS}")
+        elif not weights[name].is_floating_point():
+            problems.append(f"weight {name} has dtype {weights[name].dtype}; a masked weight must be floating point")
         elif m.shape != weights[name].shape:
             problems.append(f"mask {name} has shape {tuple(m.shape)} but its weight {tuple(weights[name].shape)}")
         elif bool((weights[name][~m] != 0).any()):
             problems.append(f"weight {name} is nonzero where its mask prunes it")
         else:
-            masks[name] = m.to(weights[name].dtype if weights[name].is_floating_point() else torch.float32)
-    layers = meta.get("layers")
-    names = [x.get("name") for x in layers if isinstance(x, dict)] if isinstance(layers, list) else None
-    if names is None or sorted(map(str, names)) != sorted(raw_masks):
+            masks[name] = m.to(weights[name].dtype)
+    layers = meta["layers"]  # a list of {name, shape, density}: read_meta checked
+    names = [x["name"] for x in layers]
+    if sorted(names) != sorted(raw_masks) or len(set(names)) != len(names):
         problems.append(f"{META} lists layers {names} but {MASKS} holds {sorted(raw_masks)}")
+    for x in layers:  # what ticket.json says of each layer must be what the masks hold
+        m = raw_masks.get(x["name"])
+        if m is None or x["name"] not in masks:
+            continue
+        if list(m.shape) != x["shape"]:
+            problems.append(f"{META} gives layer {x['name']} shape {x['shape']} but its mask has {list(m.shape)}")
+        elif abs(x["density"] * m.numel() - int(m.sum())) > 0.5:
+            problems.append(f"{META} gives layer {x['name']} density {x['density']} but its mask keeps "
+                            f"{int(m.sum())} of {m.numel()}")
     if problems:
         raise TicketError(f"{path}: " + "; ".join(problems))
-    return Ticket({n: masks[n] for n in names}, weights, meta)
+    return Ticket({n: masks[n] for n in names}, weights, meta, path)
 
 
 def check_fits(ticket: Ticket, model: nn.Module, prunable: Mapping[str, torch.Tensor],
@@ -192,4 +266,5 @@ def check_fits(ticket: Ticket, model: nn.Module, prunable: Mapping[str, torch.Te
         problems.append(f"masks cover {sorted(have)} but the task prunes {sorted(want)}")
     if problems:
         src = ticket.meta.get("task", {})
-        raise TicketError(f"ticket (task {src}) does not fit this model: " + "; ".join(problems))
+        where = f"ticket {ticket.path}" if ticket.path else "ticket"
+        raise TicketError(f"{where} (task {src}) does not fit this model: " + "; ".join(problems))
