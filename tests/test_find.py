@@ -152,6 +152,24 @@ def test_resume_after_kill_retrains_nothing_finished_and_duplicates_no_run(tmp_p
     assert len(trained) == 4 and len(live_runs(tracker, again)) == 8
 
 
+def test_resume_after_kills_between_mlflow_and_the_job_folder(tmp_path, tracker, experiment):
+    """The three moments where MLflow knows a run the job folder does not: a parent created before job.json
+    named it, an arm's run created before its .run file, an arm's run ended after its result was written."""
+    import json
+    first = run_find(cfg(), ToyTask("gauss", {}), tracker, root=tmp_path, experiment=experiment)
+    state = first.job_dir / "job.json"
+    tracker.reopen(first.parent_run_id)  # the parent RUNNING, and job.json never told of it
+    state.write_text(json.dumps({**json.loads(state.read_text()), "parent_runs": {}}))
+    stray = tracker.start_run(first.experiment_id, "L01 ticket r0", parent=first.parent_run_id)  # no .run file
+    (first.job_dir / "r0" / "L02" / "random_prune.json").unlink()  # killed before its result was written
+    again = run_find(cfg(), ToyTask("gauss", {}), tracker, root=tmp_path, experiment=experiment)
+    assert again.parent_run_id == first.parent_run_id  # adopted, not a second parent
+    assert strip(again.records) == strip(first.records)
+    runs = live_runs(tracker, again)
+    assert len(runs) == 1 + 7 and {r.info.status for r in runs} == {"FINISHED"}
+    assert not tracker.exists(stray)
+
+
 def test_failure_marks_runs_failed(tmp_path, tracker, experiment, monkeypatch):
     def explode(self, model, masks, plan, observer):
         raise RuntimeError("boom")

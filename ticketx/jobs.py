@@ -124,13 +124,21 @@ class Job:
         state = json.loads(state_file.read_text()) if state_file.exists() else {}
         runs = state.get("parent_runs", {})
         parent = runs.get(self.tracker.uri)
-        if parent and self.tracker.exists(parent):
+        identity = {"ticketx.job_dir": str(self.dir.resolve()), "ticketx.config_hash": self.hash}
+        if not (parent and self.tracker.exists(parent)):  # made by a run of this job killed before job.json
+            parent = next((r.info.run_id for r in self.tracker.running_runs(self.exp_id, identity)), None)
+            if parent:  # killed while its params were logged, perhaps
+                self.tracker.log_params(parent, self.params)
+        if parent:
             self.tracker.reopen(parent)
+            runs[self.tracker.uri] = parent
+            for child in self.tracker.child_runs(self.exp_id, parent):
+                if child.info.status == "RUNNING":  # no arm of this job runs now: one killed before its .run
+                    self.tracker.delete(child.info.run_id)
             self.progress("resume", {"job_dir": str(self.dir), "run_id": parent})
         else:
             spec = self.task.metrics
-            tags = {"ticketx.kind": self.kind, "ticketx.config_hash": self.hash,
-                    "ticketx.job_dir": str(self.dir.resolve()), "ticketx.metric": spec.primary,
+            tags = {"ticketx.kind": self.kind, **identity, "ticketx.metric": spec.primary,
                     "ticketx.metric_higher": str(spec.higher_is_better).lower(), **self.tags}
             commit = git_commit(Path.cwd())
             if commit:
@@ -185,8 +193,8 @@ class Job:
         self.tracker.log_metrics(run_id, {"density": dens, "early_stop_step": es_step, "seconds": seconds,
                                           **{f"es_{k}": v for k, v in at_es.items()},
                                           **{f"final_{k}": v for k, v in final.items()}})
+        self.tracker.finish(run_id)  # then the result: killed between the two, the arm is redone, no run left RUNNING
         write_json(result_file, record)
-        self.tracker.finish(run_id)
         self.progress("done", {**info, "record": record})
         return record
 

@@ -91,12 +91,22 @@ class Tracker:
         if parent:
             all_tags[PARENT_TAG] = parent
         run = self._call("create a run", self.client.create_run, experiment_id, run_name=name, tags=all_tags)
-        run_id = run.info.run_id
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        """Log params (again: logging a param with the value it has is a no-op)."""
         items = list(params.items())
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params
             self._call("log params", self.client.log_batch, run_id,
                        params=[Param(k, v) for k, v in items[i : i + 100]])
-        return run_id
+
+    def running_runs(self, experiment_id: str, tags: Mapping[str, str]) -> list[Any]:
+        """The RUNNING top-level runs of an experiment that carry every one of `tags`."""
+        runs = self._call("search runs", self.client.search_runs, [experiment_id],
+                          filter_string="attributes.status = 'RUNNING'", max_results=5000)
+        return [r for r in runs if PARENT_TAG not in r.data.tags
+                and all(r.data.tags.get(k) == v for k, v in tags.items())]
 
     def exists(self, run_id: str) -> bool:
         """Whether `run_id` is a live (not deleted) run in this store."""
@@ -130,7 +140,10 @@ class Tracker:
         self._call("end a run", self.client.set_terminated, run_id, status=status)
 
     def delete(self, run_id: str) -> None:
-        """Delete a run (an unfinished child of a killed job, about to be redone)."""
+        """Delete a run (an unfinished child of a killed job, about to be redone), ended as KILLED first
+        so that no run in the store, deleted ones included, stays RUNNING."""
+        if self._call("look up a run", self.client.get_run, run_id).info.status == "RUNNING":
+            self.finish(run_id, "KILLED")
         self._call("delete a run", self.client.delete_run, run_id)
 
     def child_runs(self, experiment_id: str, parent: str) -> list[Any]:
