@@ -2,17 +2,9 @@
 folder): a find job with two worker processes logs to it over HTTP, and its runs and tickets are read back
 through the server. The server is stopped by its process id afterwards."""
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
 
+from servers import Server
 from ticketx import config as C
 from ticketx import ticket as T
 from ticketx.find import run_find
@@ -24,40 +16,13 @@ FIND = {"name": "servertoy", "replicates": 2, "task": {"plugin": "toy", "name": 
         "prune": {"levels": 1, "rate": 0.5}}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """(uri, artifact folder) of a fresh `mlflow server`, killed with its workers at the end."""
-    root = tmp_path_factory.mktemp("server")
-    port = free_port()
-    mlflow = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", f"sqlite:///{root}/store.db",
-                             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    yield uri, root / "artifacts"
-    os.killpg(proc.pid, signal.SIGTERM)  # the server and its gunicorn/uvicorn workers: one process group
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    """(uri, artifact folder) of a fresh `mlflow server`, stopped with its workers at the end."""
+    srv = Server(tmp_path_factory.mktemp("server"))
+    srv.start()
+    yield srv.uri, srv.artifacts
+    srv.stop()
 
 
 def test_a_find_job_logs_to_the_server_and_reads_back_through_it(server, tmp_path, monkeypatch, toy_env):

@@ -8,6 +8,7 @@ artifact folders, not `mlflow.pytorch.log_model` (3-10 s a call).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import urllib.error
@@ -19,6 +20,10 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+# Against a tracking server MLflow prints two "View run ... at" lines each time a run ends: dozens per job,
+# burying ticketx's progress and the one runs-page link it prints at the end. Users can set it back to false.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM = 6000  # MLflow's limit on a param value's length

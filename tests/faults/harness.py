@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from servers import Server, free_port, group_members, wait_http  # noqa: F401 (H.free_port in the tests)
 
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
@@ -146,21 +147,6 @@ def run(args: list[str], job_env: dict[str, str], cwd: Path, timeout: float = 30
     return job
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live processes (not zombies) of process group `pgid`, from /proc."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(entry.name))
-    return out
-
-
 def kill_group(job: Job, timeout: float = 30) -> list[int]:
     """SIGKILL the job's whole process group; return the processes still alive after `timeout` s."""
     try:
@@ -257,72 +243,6 @@ def incomplete(uri: str, experiment: str) -> list[str]:
             if files != {"masks.safetensors", "weights.safetensors", "ticket.json"}:
                 out.append(f"{name}: ticket artifact holds {sorted(files)}")
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float) -> bool:
-    import urllib.request
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return True
-        except OSError:
-            time.sleep(0.3)
-    return False
-
-
-class Server:
-    """`mlflow server` on 127.0.0.1 over one sqlite store and artifact folder; started and stopped by PID."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.popen: subprocess.Popen | None = None
-        self.log = root / "server.log"
-
-    def start(self, timeout: float = 120) -> None:
-        mlflow = Path(sys.executable).with_name("mlflow")
-        args = [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-                "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-                "--port", str(self.port), "--workers", "1"]
-        quiet = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runners
-        with open(self.log, "a") as log:
-            self.popen = subprocess.Popen(args, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True, env=quiet)
-        if not wait_http(f"{self.uri}/health", timeout):
-            self.stop()
-            pytest.fail(f"mlflow server did not answer on {self.uri} within {timeout:.0f} s; see {self.log}")
-
-    def kill(self) -> None:
-        """SIGKILL the server (its PID's process group: the CLI and its uvicorn workers)."""
-        self._signal(signal.SIGKILL)
-
-    def stop(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def _signal(self, sig: int) -> None:
-        if self.popen is None:
-            return
-        try:
-            os.killpg(self.popen.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            self.popen.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(20)
-        deadline = time.monotonic() + 20
-        while group_members(self.popen.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.popen = None
 
 
 @dataclass
