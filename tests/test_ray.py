@@ -114,3 +114,30 @@ def test_an_unreachable_cluster_fails_fast_before_any_run(tmp_path, monkeypatch,
     assert "cannot reach the Ray cluster at 127.0.0.1:9" in r.output
     assert time.time() - started < 30
     assert Tracker(uri).client.get_experiment_by_name("raycli") is None  # nothing recorded
+
+
+def test_a_cluster_that_refuses_the_client_names_token_authentication(tmp_path, monkeypatch):
+    """A port that answers, then ray.init refusing (what Ray >= 2.59 does to a client without its token):
+    the error says how to pass the token instead of Ray's bare 'Failed to connect'."""
+    import socket
+
+    from ticketx.pool import WorkerError
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+
+    def refuse(**kwargs):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {kwargs['address']}")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with listener:
+        with pytest.raises(WorkerError) as e:
+            RayBackend(address).start(None, workers=1, threads=1)
+        assert f"cannot start or reach Ray cluster at {address}: ConnectionError" in str(e.value)
+        assert "export RAY_AUTH_MODE=token" in str(e.value)
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")  # already sending a token: no such advice
+        with pytest.raises(WorkerError) as e:
+            RayBackend(address).start(None, workers=1, threads=1)
+        assert f"cannot start or reach Ray cluster at {address}: ConnectionError" in str(e.value)
+        assert "RAY_AUTH_MODE" not in str(e.value)

@@ -107,6 +107,19 @@ class RayBackend:
             raise WorkerError(f"cannot reach the Ray cluster at {self.address}: {e}; start it with `ray start "
                               "--head` there, or leave --address and RAY_ADDRESS unset for a local one") from None
 
+    def _auth_hint(self, error: Exception) -> str:
+        """Why a cluster whose port answered may still refuse us: since Ray 2.59 `ray start` turns token
+        authentication on, while a client without RAY_AUTH_MODE=token sends no token (Ray then retries for
+        ~20 s and reports only 'Failed to connect')."""
+        if not self.address or os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            return ""
+        if not isinstance(error, ConnectionError) and "auth" not in str(error).lower():
+            return ""
+        return ("; its port answers, so it may require token authentication (Ray >= 2.59 turns it on for "
+                "`ray start`): `export RAY_AUTH_MODE=token` here, with the cluster's token in ~/.ray/auth_token, "
+                "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it); "
+                "`ray status` tells whether this machine gets in")
+
     def describe(self) -> str:
         return f"Ray cluster at {self.address}" if self.address else "a local Ray cluster"
 
@@ -122,7 +135,8 @@ class RayBackend:
                     ray.init(num_cpus=n, num_gpus=int(self.gpus * n + 0.999) or None,
                              include_dashboard=False, log_to_driver=False)
             except Exception as e:  # ConnectionError, RuntimeError, ...: Ray's own words, with the address
-                raise WorkerError(f"cannot start or reach {self.describe()}: {type(e).__name__}: {e}") from None
+                raise WorkerError(f"cannot start or reach {self.describe()}: {type(e).__name__}: {e}"
+                                  f"{self._auth_hint(e)}") from None
             self.started_here = True
         cpus = ray.cluster_resources().get("CPU", 0)
         workers = workers or int(cpus)
