@@ -207,3 +207,55 @@ def test_summarise_means_and_stds():
     (row,) = summarise(recs, MetricSpec())
     assert row["early_stop_step_mean"] == 150 and row["es_test_accuracy_mean"] == pytest.approx(0.85)
     assert row["es_test_accuracy_std"] == pytest.approx(0.05) and row["replicates"] == 2
+
+
+@pytest.mark.parametrize("which", ["safetensors", "json"])
+def test_a_full_disk_while_writing_job_files_is_one_line_and_the_job_resumes(recipe, cli_env, tracker, which,
+                                                                            monkeypatch):
+    """A job file (rewind weights, an arm's result) that cannot be written fails `find --workers 1` in one line
+    naming the file, leaves no temporary file and no RUNNING run; the same command then finishes the job."""
+    import errno
+
+    from click.testing import CliRunner
+    from safetensors import SafetensorError
+
+    from ticketx import jobs
+    from ticketx.cli import main
+    real_save, real_write = jobs.save_file, Path.write_text
+    calls = {"n": 0}
+
+    def failing_save(tensors, path):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            real_save(tensors, path)  # a part of the file is written, then the disk is full
+            raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
+        real_save(tensors, path)
+
+    def failing_write(self, text, *args, **kwargs):
+        if self.name.startswith(".random_reinit.json.tmp-"):
+            real_write(self, text[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, text, *args, **kwargs)
+
+    if which == "safetensors":
+        monkeypatch.setattr(jobs, "save_file", failing_save)
+    else:
+        monkeypatch.setattr(Path, "write_text", failing_write)
+    args = ["find", str(recipe), "--workers", "1", "--out", "runs", "--experiment", f"diskfull-{which}"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "cannot write" in lines[0] and "No space left on device" in lines[0], r.output
+    assert "run the same command again" in lines[0]
+    job_dir = next(Path("runs").iterdir()).resolve()
+    assert not [p for p in job_dir.rglob("*") if ".tmp-" in p.name]
+    exp = tracker.client.get_experiment_by_name(f"diskfull-{which}")
+    assert "RUNNING" not in {run.info.status for run in tracker.client.search_runs([exp.experiment_id])}
+
+    monkeypatch.undo()  # space freed
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cli_env["MLFLOW_TRACKING_URI"])
+    monkeypatch.setenv("TICKETX_PLUGINS", cli_env["TICKETX_PLUGINS"])
+    monkeypatch.chdir(job_dir.parent.parent)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert (job_dir / "results.csv").exists() and "resum" in r.output

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
@@ -29,18 +30,43 @@ from .tracking import Tracker, git_commit
 Progress = Callable[[str, Mapping[str, Any]], None]  # (event, info): resume, start, eval, done, skip
 
 
+class JobWriteError(OSError):
+    """A job file could not be written (disk full, folder read-only); the message names the file. The file
+    it would have replaced is untouched, so the same command resumes once the cause is fixed."""
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file renamed into place; on failure remove it and raise JobWriteError."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as e:
+        tmp.unlink(missing_ok=True)
+        why = e.strerror or str(e) if isinstance(e, OSError) else str(e)
+        raise JobWriteError(f"cannot write {path}: {why}; the job's earlier files are intact: free the space "
+                            "(or fix the folder) and run the same command again to resume") from e
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file renamed into place)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True)))
 
 
 def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
     """Write a state dict as safetensors, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, path)
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    _atomic(path, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write rows (the union of their keys as columns) as CSV, atomically."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+            writer.writeheader()
+            writer.writerows(rows)
+    _atomic(path, write)
 
 
 def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -201,11 +227,7 @@ class Job:
     def close(self, rows: list[dict[str, Any]], records: list[dict[str, Any]],
               extra_artifacts: list[Path] = ()) -> None:
         """Write and log the results table, and end the parent run as FINISHED."""
-        fields = list(dict.fromkeys(k for row in rows for k in row))
-        with open(self.dir / "results.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(self.dir / "results.csv", rows)
         write_json(self.dir / "results.json", records)
         for path in [self.dir / "results.csv", self.dir / "results.json", *extra_artifacts]:
             self.tracker.log_artifact(self.parent, path)
