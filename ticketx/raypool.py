@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -44,7 +45,7 @@ class _Worker:
     """One Ray actor: builds the job once, then runs units. Errors come back as values, so that a unit's
     own error is reported in one line and never retried (Ray retries only a worker that died)."""
 
-    def __init__(self, work: Work, events: Any, threads: int, cwd: str) -> None:
+    def __init__(self, work: Work, events: str, threads: int, cwd: str) -> None:
         import ray
         self.node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()}, pid {os.getpid()})"
         self.error = ""
@@ -54,11 +55,12 @@ class _Worker:
                           "data and a local MLflow store must be on storage every node sees")
             return
         os.chdir(cwd)
+        queue = ray.get_actor(events)  # by name: a handle passed in would make Ray warn that a restart may fail
         from .training import configure_torch
         configure_torch(threads)
 
         def progress(event: str, info: Mapping[str, Any]) -> None:
-            events.put_nowait((event, dict(info)))
+            ray.get(queue.put_nowait.remote((event, dict(info))))
 
         try:
             self.runner = work.build(progress)
@@ -144,11 +146,12 @@ class RayBackend:
             raise WorkerError(f"{self.describe()} has {cpus:g} CPUs, fewer than --workers {workers}: lower "
                               "--workers or add nodes")
         from ray.util.queue import Queue
-        self.events = Queue(actor_options={"num_cpus": 0})
+        events = f"ticketx-events-{uuid.uuid4().hex}"
+        self.events = Queue(actor_options={"num_cpus": 0, "name": events})
         actor = ray.remote(_Worker).options(num_cpus=1, num_gpus=self.gpus, max_restarts=self.max_retries,
                                             max_task_retries=self.max_retries,
                                             runtime_env={"env_vars": self.env} if self.env else None)
-        self.actors = [actor.remote(work, self.events, threads, os.getcwd()) for _ in range(workers)]
+        self.actors = [actor.remote(work, events, threads, os.getcwd()) for _ in range(workers)]
         self.free = list(self.actors)
         return workers
 
