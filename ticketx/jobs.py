@@ -43,7 +43,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     except (OSError, SafetensorError) as e:
         tmp.unlink(missing_ok=True)
-        why = e.strerror or str(e) if isinstance(e, OSError) else str(e)
+        why = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
         raise JobWriteError(f"cannot write {path}: {why}; the job's earlier files are intact: free the space "
                             "(or fix the folder) and run the same command again to resume") from e
 
