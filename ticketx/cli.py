@@ -29,7 +29,7 @@ def resolve_data_root(option: str | None) -> Path:
 
 def _errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
-    from .jobs import JobWriteError
+    from .files import FileWriteError
     from .masks import MaskError
     from .plugins import PluginError
     from .pool import WorkerError
@@ -39,7 +39,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     from .report import ReportError
     from .tracking import TrackingError
     return (ConfigError, MaskError, PluginError, TaskError, TicketError, TrackingError, WorkerError,
-            ReportError, AnalysisError, JobWriteError)
+            ReportError, AnalysisError, FileWriteError)
 
 
 def _workers(option: int | None, backend: str = "local") -> int:

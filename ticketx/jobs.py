@@ -8,10 +8,8 @@ duplicated and the numbers are those of an uninterrupted job.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,54 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
 from . import masks as masklib
+from .files import atomic_write, write_csv, write_json
 from .task import Masks, MetricSpec, Plan, Task
 from .tracking import Tracker, git_commit
 
 Progress = Callable[[str, Mapping[str, Any]], None]  # (event, info): resume, start, eval, done, skip
 
 
-class JobWriteError(OSError):
-    """A job file could not be written (disk full, folder read-only); the message names the file. The file
-    it would have replaced is untouched, so the same command resumes once the cause is fixed."""
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file renamed into place; on failure remove it and raise JobWriteError."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except (OSError, SafetensorError) as e:
-        tmp.unlink(missing_ok=True)
-        why = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
-        raise JobWriteError(f"cannot write {path}: {why}; the job's earlier files are intact: free the space "
-                            "(or fix the folder) and run the same command again to resume") from e
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file renamed into place)."""
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True)))
-
-
 def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
     """Write a state dict as safetensors, atomically."""
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
-    _atomic(path, lambda tmp: save_file(tensors, str(tmp)))
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write rows (the union of their keys as columns) as CSV, atomically."""
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-            writer.writeheader()
-            writer.writerows(rows)
-    _atomic(path, write)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:

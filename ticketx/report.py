@@ -21,7 +21,6 @@ logged to MLflow as artifacts of the job's parent run, under `report/`.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .files import write_csv
 from .tracking import Tracker, TrackingError
 
 ARM_ORDER = {"dense": 0, "ticket": 1, "transferred": 1, "random_reinit": 2, "masks_reinit": 2,
@@ -213,14 +213,6 @@ def rows(job: JobData) -> list[dict[str, Any]]:
     return out
 
 
-def _write_csv(table: list[dict[str, Any]], path: Path) -> None:
-    fields = list(dict.fromkeys(k for row in table for k in row))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(table)
-
-
 def _plot(table: list[dict[str, Any]], panels: list[tuple[str, str]], ylabel: str, title: str,
           path: Path, percent: bool = False) -> Path | None:
     """One panel per (key, panel title); a line per arm against density; bars span min to max."""
@@ -278,7 +270,7 @@ def render(job: JobData, out: Path) -> list[Path]:
     reps = max(row["replicates"] for row in table)
     title = f"{job.kind} {job.name}: mean of {reps} replicate(s), bars min to max"
     files = [out / "report.csv"]
-    _write_csv(table, files[0])
+    write_csv(files[0], table)
     figures = [
         _plot(table, [(f"es_test_{p}", "at the early-stopping iteration"), (f"final_test_{p}", "at the end")],
               unit, title, out / "metric.png", percent=pct),

@@ -33,6 +33,7 @@ from . import pool
 from . import ticket as ticketlib
 from . import config as configlib
 from .config import TransferConfig, to_dict
+from .files import write_json
 from .jobs import ArmSetup, Job, Progress, summarise
 from .task import Masks, MetricSpec, Task, check_plan, check_ticket
 from .ticket import Ticket, TicketError
@@ -432,8 +433,7 @@ def run_transfer(config: TransferConfig, target: Task, sources: list[Source], tr
         all_rows = summarise(records, target.metrics, by=("level", "arm", "lr"), order=ARM_ORDER)
         figure = plot(rows, target.metrics, job.dir / "curves.png", _title(src_task, target.spec(), c))
         tracker.log_metrics(job.parent, {f"chosen_lr_L{r['level']:02d}_{r['arm']}": r["lr"] for r in rows})
-        with open(job.dir / "all_learning_rates.json", "w") as f:
-            json.dump(all_rows, f, indent=2)
+        write_json(job.dir / "all_learning_rates.json", all_rows, sort_keys=False)
         job.close(rows, records, [figure, job.dir / "all_learning_rates.json"])
     except BaseException as e:
         job.fail(e)
