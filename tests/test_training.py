@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ticketx import training
 from ticketx.task import Plan, TaskError
@@ -52,6 +53,29 @@ def test_pruned_weights_stay_exactly_zero(opt):
     for name, m in masks.items():
         assert bool((params[name][m == 0] == 0).all())
         assert not torch.equal(params[name][m == 1], before[name][m == 1])  # survivors did train
+
+
+@pytest.mark.parametrize("opt", [
+    {"optimizer": "adam", "lr": 0.01, "weight_decay": 1e-4},
+    {"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.1},
+    {"optimizer": "adam", "lr": 0.01, "clip_grad_norm": 0.5},
+])
+def test_adam_pins_pruned_weights_bit_for_bit_as_multiplying_by_the_masks(opt, monkeypatch):
+    pinned = []
+    pin = training.LeanAdam.pin_zeros
+    monkeypatch.setattr(training.LeanAdam, "pin_zeros", lambda self, pairs: pinned.extend(pin(self, pairs)) or pinned)
+    x, y, model, masks = setup()
+    ours = run(model, masks, x, y, **opt)
+    assert len(pinned) == 2  # both masked weights pinned: no mask multiplied in after the steps
+    monkeypatch.setattr(training.LeanAdam, "pin_zeros", lambda self, pairs: [])  # the multiplying way
+    x, y, reference, masks = setup()
+    theirs = run(reference, masks, x, y, **opt)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.equal(p, q), name
+    assert ours.evals == theirs.evals
+    params = dict(model.named_parameters())
+    for name, m in masks.items():
+        assert bool((params[name][m == 0] == 0).all())  # +0 or -0 (a negative weight times 0)
 
 
 def test_evaluations_and_steps_reported():
@@ -135,8 +159,9 @@ def test_errors():
         run(model, masks, x * 1e30, y, lr=1e10)
 
 
-def _trajectory(opt_factory, steps=25, drop_grad_at=None):
-    """Parameters after each of `steps` steps of `opt_factory(params)` on a fixed problem."""
+def _trajectory(opt_factory, steps=25, drop_grad_at=None, train_step=False):
+    """Parameters after each of `steps` steps of `opt_factory(params)` on a fixed problem (through
+    `train_step()` instead of `step()` where asked)."""
     x, y, model, _ = setup(3)
     opt = opt_factory(list(model.parameters()))
     out = []
@@ -146,16 +171,18 @@ def _trajectory(opt_factory, steps=25, drop_grad_at=None):
         nn.functional.cross_entropy(model(x[:32]), y[:32]).backward()
         if step == drop_grad_at:
             model[2].bias.grad = None  # a parameter that got no gradient this step
-        opt.step()
+        opt.train_step() if train_step else opt.step()
         out.append([p.detach().clone() for p in model.parameters()])
     return out, opt
 
 
 @pytest.mark.parametrize("decoupled", [False, True])
 @pytest.mark.parametrize("drop_grad_at", [None, 7])
-def test_lean_adam_is_torch_fused_adam_bit_for_bit(decoupled, drop_grad_at):
+@pytest.mark.parametrize("train_step", [False, True])
+def test_lean_adam_is_torch_fused_adam_bit_for_bit(decoupled, drop_grad_at, train_step):
     kwargs = dict(lr=0.01, weight_decay=0.05, fused=True, decoupled_weight_decay=decoupled)
-    ours, opt = _trajectory(lambda ps: training.LeanAdam(ps, **kwargs), drop_grad_at=drop_grad_at)
+    ours, opt = _trajectory(lambda ps: training.LeanAdam(ps, **kwargs), drop_grad_at=drop_grad_at,
+                            train_step=train_step)
     theirs, ref = _trajectory(lambda ps: torch.optim.Adam(ps, **kwargs), drop_grad_at=drop_grad_at)
     assert opt._lean is not None  # the direct path was taken after the first step
     for a, b in zip(ours, theirs):
@@ -179,6 +206,26 @@ def test_lean_adam_state_dict_round_trip_and_hooks():
     fresh.step()
     assert calls == [1, 1]
     assert [float(s["step"]) for s in fresh.state_dict()["state"].values()] == [7.0] * 4
+
+
+def test_lean_adam_train_step_runs_step_hooks_once_when_there_are_any():
+    calls = []
+    _, opt = _trajectory(lambda ps: training.LeanAdam(ps, lr=0.01, fused=True), steps=3, train_step=True)
+    handles = [opt.register_step_pre_hook(lambda *a: calls.append("pre")),
+               register_optimizer_step_post_hook(lambda *a: calls.append("global post"))]
+    try:
+        for p in opt.param_groups[0]["params"]:
+            p.grad = torch.ones_like(p)
+        before = [p.detach().clone() for p in opt.param_groups[0]["params"]]
+        opt.train_step()
+        assert calls == ["pre", "global post"]
+        assert all(not torch.equal(a, b) for a, b in zip(before, opt.param_groups[0]["params"]))
+    finally:
+        for h in handles:
+            h.remove()
+    opt.train_step()  # no hooks left: the direct path, nothing more recorded
+    assert calls == ["pre", "global post"]
+    assert [float(s["step"]) for s in opt.state_dict()["state"].values()] == [5.0] * 4
 
 
 def test_make_optimizer_uses_fused_kernels_on_cpu():

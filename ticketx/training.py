@@ -1,10 +1,14 @@
 """The supervised training loop that vision and NLP plugins share.
 
-Masks are held by multiplying each pruned weight by its mask in place after every optimizer step (one
-`torch._foreach_mul_` over the masked tensors), so pruned weights are exactly zero at every step whatever
-the optimizer: momentum, Adam moments and weight decay all act on them between the step and the
-multiply, never after it. Its cost is one pass over the masked weights and their masks: 4.3% of a
-LeNet-300-100 step at batch 60 on one machine here and 7-9% on another, whose memory is slow next to its
+Pruned weights are exactly zero at every step whatever the optimizer. With Adam and AdamW (torch's fused
+kernel, `LeanAdam`) they are pinned at no per-step cost: their second-moment estimate starts at +inf, so
+the update Adam gives them, lr * m / (sqrt(v) + eps), is exactly zero at every step (v stays +inf; a
+finite m over +inf is 0 in IEEE arithmetic), and weight decay, L2 or decoupled, scales a zero. The
+surviving weights' arithmetic is untouched: training is bit for bit what multiplying by the masks after
+every step gives (tests/test_training.py). With other optimizers (SGD with momentum) each pruned weight
+is multiplied by its mask in place after every step (one `torch._foreach_mul_` over the masked tensors),
+after momentum and weight decay have acted: one pass over the masked weights and their masks, 4.3% of a
+LeNet-300-100 step at batch 60 on one machine here and 7-9% on another whose memory is slow next to its
 matrix multiplies (benchmarks/README.md), against 15-19% for torch.nn.utils.prune's forward hook."""
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
+from torch.optim.optimizer import _get_scalar_dtype, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from .task import Masks, Observer, Plan, TaskError
 
@@ -90,6 +95,33 @@ class LeanAdam(torch.optim.Adam):
         self._lean = None
         super().add_param_group(param_group)
 
+    def pin_zeros(self, pairs: list[tuple[nn.Parameter, torch.Tensor]]) -> list[nn.Parameter]:
+        """Keep each parameter's entries where its mask is 0 exactly as they are (zero, in a ticket) at
+        no per-step cost, by starting their second-moment estimate at +inf (see the module docstring).
+
+        Creates the optimizer state now, as torch.optim.Adam would at its first step. Returns the
+        parameters pinned: none where the direct path does not apply (see the class docstring), and
+        only parameters this optimizer trains.
+        """
+        if len(self.param_groups) != 1:
+            return []
+        group = self.param_groups[0]
+        if group["amsgrad"] or group["maximize"] or not group["fused"] or group["differentiable"]:
+            return []
+        trained = {id(p) for p in group["params"]}
+        pinned = [(p, m) for p, m in pairs if id(p) in trained]
+        for p in group["params"]:
+            state = self.state[p]
+            if len(state) == 0:  # as torch.optim.Adam._init_group creates it for the fused kernel
+                state["step"] = torch.zeros((), dtype=_get_scalar_dtype(is_fused=True), device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        with torch.no_grad():
+            for p, m in pinned:
+                self.state[p]["exp_avg_sq"].masked_fill_(m == 0, math.inf)
+        self._lean = self._lean_lists()
+        return [p for p, _ in pinned]
+
     def _lean_lists(self) -> tuple[list[torch.Tensor], ...] | None:
         """(params, exp_avgs, exp_avg_sqs, steps) when the common case holds, else None."""
         if len(self.param_groups) != 1:
@@ -106,20 +138,8 @@ class LeanAdam(torch.optim.Adam):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
-        if closure is None and self._lean is not None:
-            params, exp_avgs, exp_avg_sqs, steps = self._lean
-            grads = [p.grad for p in params]
-            if all(g is not None for g in grads):
-                group = self.param_groups[0]
-                beta1, beta2 = group["betas"]
-                kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
-                torch._foreach_add_(steps, 1)
-                kernel(
-                    params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
-                    beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-                    maximize=False, grad_scale=None, found_inf=None,
-                )
-                return None
+        if closure is None and self._lean_update():
+            return None
         # torch.optim.Adam.step without the hook wrapper torch puts on it once an Adam exists (ours ran the
         # hooks already; the wrapper would run them twice)
         adam_step = torch.optim.Adam.step
@@ -128,6 +148,39 @@ class LeanAdam(torch.optim.Adam):
         loss = adam_step(self, closure)
         self._lean = self._lean_lists()
         return loss
+
+    def train_step(self) -> None:
+        """`step()` for a training loop that owns the optimizer: the same update, called without the
+        wrapper torch.optim puts around every `step` (a profiler record and the step-hook loops: ~65 us of
+        a ~2.1 ms LeNet-300-100 step on one machine here, ~6% of a 1.1 ms step on another) whenever no
+        step hook is registered, on this optimizer or globally; `step()`, hooks and all, otherwise."""
+        if (self._lean is None or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _global_optimizer_pre_hooks or _global_optimizer_post_hooks):
+            self.step()
+            return
+        with torch.no_grad():
+            if not self._lean_update():
+                self.step()
+
+    def _lean_update(self) -> bool:
+        """Adam's update through the fused kernel on the kept lists; False (nothing done) where the
+        common case does not hold this step."""
+        if self._lean is None:
+            return False
+        params, exp_avgs, exp_avg_sqs, steps = self._lean
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):
+            return False
+        group = self.param_groups[0]
+        beta1, beta2 = group["betas"]
+        kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+        torch._foreach_add_(steps, 1)
+        kernel(
+            params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+            beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+            maximize=False, grad_scale=None, found_inf=None,
+        )
+        return True
 
 
 def lr_at(step: int, plan: Plan) -> float:
@@ -193,6 +246,11 @@ def fit(
             p.mul_(m)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trained, plan)
+    step_optimizer = getattr(optimizer, "train_step", optimizer.step)
+    pinned = {id(p) for p in optimizer.pin_zeros(held)} if isinstance(optimizer, LeanAdam) else set()
+    # the masks that must still be multiplied in after each step
+    multiplied = [(p, m) for p, m in held if id(p) not in pinned]
+    mul_params, mul_masks = [p for p, _ in multiplied], [m for _, m in multiplied]
     best_val, best_step, best_state = math.inf, 0, None
     window_loss, window_steps = torch.zeros(()), 0  # mean training loss since the last evaluation
     model.train()
@@ -207,10 +265,10 @@ def fit(
         loss.backward()
         if plan.clip_grad_norm > 0:
             _clip_surviving(trained, held_params, held_masks, plan.clip_grad_norm)
-        optimizer.step()
-        if held:
+        step_optimizer()
+        if multiplied:
             with torch.no_grad():
-                torch._foreach_mul_(held_params, held_masks)
+                torch._foreach_mul_(mul_params, mul_masks)
         window_loss += loss.detach()
         window_steps += 1
         done = step + 1
