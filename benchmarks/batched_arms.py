@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ from torch.func import functional_call, stack_module_state, vmap
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from throughput import BATCH, LR, load_splits  # noqa: E402
+from throughput import BATCH, LR, default_data_root, load_splits  # noqa: E402
 
 from ticketx import masks as M  # noqa: E402
 from ticketx.training import EpochBatches, LeanAdam, configure_torch  # noqa: E402
@@ -118,8 +117,7 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["lenet", "small"], choices=["lenet", "small"])
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--data-root", type=Path,
-                    default=Path(os.environ.get("TICKETX_DATA") or ROOT.parent / "shared" / "data"))
+    ap.add_argument("--data-root", type=Path, default=default_data_root())
     args = ap.parse_args()
     configure_torch(1)
     splits = load_splits(args.data_root)

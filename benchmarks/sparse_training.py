@@ -5,7 +5,9 @@ faster if its layers were stored sparse: only the surviving weights as a compact
 moments), the forward pass a CSR x dense multiply, the weight gradient a sampled dense x dense multiply
 (`torch.sparse.sampled_addmm`: only at the surviving positions), the input gradient a multiply by the
 transposed CSR matrix. No mask is held at all: pruned weights do not exist. This script measures whether
-that beats the way ticketx trains (dense multiplies, masks multiplied in after each step, as in `fit`).
+that beats the way ticketx trained when it was run (dense multiplies, masks multiplied in after each step,
+as `fit` did until commit 5b68a20; `fit` now pins Adam's pruned weights instead, which removed that
+multiply: see benchmarks/README.md, fifth and sixth throughput runs).
 
 LeNet-300-100 (784-300-100-10), batch 60, Adam 1.2e-3 (fused, `LeanAdam`), one thread, real MNIST
 batches (`EpochBatches`, seed 0), layer-wise magnitude masks on the initial weights at each density (the
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import sys
 import time
@@ -36,7 +37,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from throughput import BATCH, LR, load_splits  # noqa: E402
+from batched_arms import update  # noqa: E402
+from throughput import BATCH, LR, default_data_root, load_splits  # noqa: E402
 
 from ticketx import masks as M  # noqa: E402
 from ticketx.training import EpochBatches, LeanAdam, configure_torch  # noqa: E402
@@ -133,13 +135,8 @@ class Way:
         start = time.perf_counter()
         for step in range(first, first + steps):
             x, y = batches(step)
-            loss = nn.functional.cross_entropy(self.model(x), y)
-            for p in self.params:
-                p.grad = None
-            loss.backward()
-            self.opt.step()
-            with torch.no_grad():
-                torch._foreach_mul_(self.held, self.held_masks)
+            update(nn.functional.cross_entropy(self.model(x), y), self.params, self.opt, self.held,
+                   self.held_masks)
         return steps / (time.perf_counter() - start)
 
     def weights(self) -> list[torch.Tensor]:
@@ -152,8 +149,7 @@ def main() -> None:
     ap.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.1, 0.05, 0.036, 0.02, 0.01])
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--data-root", type=Path,
-                    default=Path(os.environ.get("TICKETX_DATA") or ROOT.parent / "shared" / "data"))
+    ap.add_argument("--data-root", type=Path, default=default_data_root())
     args = ap.parse_args()
     configure_torch(1)
     splits = load_splits(args.data_root)
