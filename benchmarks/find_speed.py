@@ -108,9 +108,9 @@ def cost_model(short: dict, long: dict) -> tuple[float, float]:
     """(fixed seconds per arm, seconds per iteration): medians over arms of the line through each arm's
     seconds at the two budgets."""
     ds = long["steps"] - short["steps"]
-    slopes = [(long["arms"][k] - short["arms"][k]) / ds for k in long["arms"]]
-    fixed = [short["arms"][k] - (long["arms"][k] - short["arms"][k]) / ds * short["steps"] for k in long["arms"]]
-    return statistics.median(fixed), statistics.median(slopes)
+    slopes = {k: (long["arms"][k] - short["arms"][k]) / ds for k in long["arms"]}
+    fixed = [short["arms"][k] - slope * short["steps"] for k, slope in slopes.items()]
+    return statistics.median(fixed), statistics.median(slopes.values())
 
 
 def main() -> None:

@@ -488,10 +488,10 @@ def derive(timings: Mapping[str, list[Timing]], processes: Mapping[str, list[Pro
         checks.append(Check("  quartiles", Spread(quartiles[1], quartiles[0], quartiles[2]), "%", "-", None))
         checks.append(Check("  95% interval of the median", Spread(statistics.median(per_round), low, high),
                             "%", "-", None))
-    s8 = ratio(rate["ticketx@1"], rate["matmul_step8"])
+    shares = [a / b for a, b in zip(rate["ticketx@1"], rate["matmul_step8"])]
+    s8 = Spread.of(shares)
     checks.append(Check("ticketx dense / matmul bound (step's 8)", s8, "%", f">= {MATMUL_SHARE_TARGET:.0%}",
                         s8.median >= MATMUL_SHARE_TARGET))
-    shares = [a / b for a, b in zip(rate["ticketx@1"], rate["matmul_step8"])]
     if len(shares) >= 4:
         checks.append(Check("  95% interval of the median", Spread(s8.median, *bootstrap_median(shares)), "%",
                             "-", None))

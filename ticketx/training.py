@@ -104,10 +104,8 @@ class LeanAdam(torch.optim.Adam):
         parameters pinned: none where the direct path does not apply (see the class docstring), and
         only parameters this optimizer trains.
         """
-        if len(self.param_groups) != 1:
-            return []
-        group = self.param_groups[0]
-        if group["amsgrad"] or group["maximize"] or not group["fused"] or group["differentiable"]:
+        group = self._direct_group()
+        if group is None:
             return []
         trained = {id(p) for p in group["params"]}
         pinned = [(p, m) for p, m in pairs if id(p) in trained]
@@ -123,12 +121,20 @@ class LeanAdam(torch.optim.Adam):
         self._lean = self._lean_lists()
         return [p for p, _ in pinned]
 
-    def _lean_lists(self) -> tuple[list[torch.Tensor], ...] | None:
-        """(params, exp_avgs, exp_avg_sqs, steps) when the common case holds, else None."""
+    def _direct_group(self) -> dict | None:
+        """The one parameter group when the direct path applies to it (fused, no amsgrad, maximize or
+        differentiable), else None."""
         if len(self.param_groups) != 1:
             return None
         group = self.param_groups[0]
         if group["amsgrad"] or group["maximize"] or not group["fused"] or group["differentiable"]:
+            return None
+        return group
+
+    def _lean_lists(self) -> tuple[list[torch.Tensor], ...] | None:
+        """(params, exp_avgs, exp_avg_sqs, steps) when the common case holds, else None."""
+        group = self._direct_group()
+        if group is None:
             return None
         params = list(group["params"])
         if not all(len(self.state[p]) > 0 for p in params):  # state not created yet for some
