@@ -132,7 +132,8 @@ class LeanAdam(torch.optim.Adam):
         return group
 
     def _lean_lists(self) -> tuple[list[torch.Tensor], ...] | None:
-        """(params, exp_avgs, exp_avg_sqs, steps) when the common case holds, else None."""
+        """(params, exp_avgs, exp_avg_sqs, steps, ones) when the common case holds, else None; `ones`
+        holds a 1 for each step counter (see `_lean_update`)."""
         group = self._direct_group()
         if group is None:
             return None
@@ -140,8 +141,9 @@ class LeanAdam(torch.optim.Adam):
         if not all(len(self.state[p]) > 0 for p in params):  # state not created yet for some
             return None
         states = [self.state[p] for p in params]
-        return (params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                [s["step"] for s in states])
+        steps = [s["step"] for s in states]
+        return (params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], steps,
+                [torch.ones_like(t) for t in steps])
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -175,14 +177,16 @@ class LeanAdam(torch.optim.Adam):
         common case does not hold this step."""
         if self._lean is None:
             return False
-        params, exp_avgs, exp_avg_sqs, steps = self._lean
+        params, exp_avgs, exp_avg_sqs, steps, ones = self._lean
         grads = [p.grad for p in params]
         if any(g is None for g in grads):
             return False
         group = self.param_groups[0]
         beta1, beta2 = group["betas"]
         kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
-        torch._foreach_add_(steps, 1)
+        # adding a list of 1-tensors takes 5 us here against 13 us for the scalar 1, which torch wraps,
+        # converts and adds tensor by tensor on CPU; the sum is the same float
+        torch._foreach_add_(steps, ones)
         kernel(
             params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
             beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
