@@ -29,6 +29,7 @@ def resolve_data_root(option: str | None) -> Path:
 
 def _errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
+    from .devices import DeviceError
     from .files import FileWriteError
     from .masks import MaskError
     from .plugins import PluginError
@@ -38,7 +39,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     from .analysis import AnalysisError
     from .report import ReportError
     from .tracking import TrackingError
-    return (ConfigError, MaskError, PluginError, TaskError, TicketError, TrackingError, WorkerError,
+    return (ConfigError, DeviceError, MaskError, PluginError, TaskError, TicketError, TrackingError, WorkerError,
             ReportError, AnalysisError, FileWriteError)
 
 

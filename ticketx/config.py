@@ -26,6 +26,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from .devices import DeviceError, check_device_spec
 from .task import Plan
 
 
@@ -62,8 +63,22 @@ class TrainConfig:
     gamma: float = 0.1
     clip_grad_norm: float = 0.0  # clip the global gradient norm (surviving weights) to this; 0 = off
     eval_every: int = 100  # validation every this many steps; the early-stop iteration is one of them
+    # where and how precisely to train (ticketx.devices): not part of the config hash, so that a job may
+    # resume on another machine; precision and tf32 are, where they are not at their defaults
+    device: str = "auto"  # "auto" (the first CUDA GPU when one is visible, else the CPU), "cpu", "cuda", "cuda:N"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    tf32: bool = False  # on CUDA, let fp32 matrix multiplies and convolutions use TF32
+    # an arm saves a checkpoint every this many steps (None: about every 5 minutes of training), and a
+    # re-run resumes it from there; not part of the hash (it does not change results)
+    checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
+        try:
+            check_device_spec(self.device)  # the form only; whether it exists is checked when a job starts
+        except DeviceError as e:
+            raise ConfigError(str(e)) from None
+        if self.checkpoint_every is not None:
+            _positive("train.checkpoint_every", self.checkpoint_every)
         _positive("train.steps", self.steps)
         _positive("train.batch_size", self.batch_size)
         _positive("train.eval_every", self.eval_every)
@@ -142,7 +157,7 @@ class RunConfig:
             momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay,
             warmup_steps=t.warmup_steps, milestones=t.milestones, gamma=t.gamma, eval_every=t.eval_every,
             clip_grad_norm=t.clip_grad_norm,
-            start_step=start_step, data_seed=self.order_seed(replicate),
+            start_step=start_step, data_seed=self.order_seed(replicate), precision=t.precision, tf32=t.tf32,
         )
 
 
@@ -219,10 +234,23 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(config)
 
 
+# train keys that never change results: a job resumes whatever they are
+UNHASHED_TRAIN_KEYS = ("device", "checkpoint_every")
+# train keys added after jobs existed: left out of the hash at these defaults, so older jobs still resume
+HASHED_WHEN_SET = {"precision": "fp32", "tf32": False}
+
+
 def config_hash(config: RunConfig) -> str:
-    """Hash of everything that changes results (not the name or description), as hex."""
+    """Hash of everything that changes results (not the name, description, device or checkpoint
+    interval), as hex."""
     data = to_dict(config)
     data.pop("name"), data.pop("description")
+    train = data["train"]
+    for key in UNHASHED_TRAIN_KEYS:
+        train.pop(key)
+    for key, default in HASHED_WHEN_SET.items():
+        if train[key] == default:
+            train.pop(key)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -57,6 +57,11 @@ class Plan:
     eval_every: int = 100
     start_step: int = 0
     data_seed: int = 0  # seeds the data order (and augmentation); apart from the init seed
+    # where and in what arithmetic to train; the core sets `device` (resolved: "cpu", "cuda:0", ...) and
+    # moves the model and masks there before calling Task.train: a task builds its data on `device`
+    device: str = "cpu"
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast) | "fp16" (autocast + gradient scaler, CUDA only)
+    tf32: bool = False  # on CUDA, whether fp32 matrix multiplies may use TF32
 
 
 class Observer(Protocol):

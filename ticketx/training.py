@@ -348,19 +348,27 @@ def _clip_surviving(
 
 @torch.no_grad()
 def evaluate_classifier(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, batch_size: int = 1000
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, batch_size: int = 1000,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Mean cross-entropy loss and accuracy of `model` on in-memory `inputs` (N, ...) and `targets` (N,)."""
+    """Mean cross-entropy loss and accuracy of `model` on in-memory `inputs` (N, ...) and `targets` (N,).
+
+    `transform` turns each slice of `inputs` into what the model takes (uint8 images normalised per
+    batch, say). Sums are accumulated on the inputs' device and read once, at the end.
+    """
     was_training = model.training
     model.eval()
-    total_loss, correct, n = 0.0, 0, targets.shape[0]
+    n = targets.shape[0]
+    total_loss = torch.zeros((), dtype=torch.float64, device=targets.device)
+    correct = torch.zeros((), dtype=torch.long, device=targets.device)
     for i in range(0, n, batch_size):
-        logits = model(inputs[i : i + batch_size])  # (b, classes)
+        x = inputs[i : i + batch_size]
+        logits = model(x if transform is None else transform(x))  # (b, classes)
         y = targets[i : i + batch_size]
-        total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += int((logits.argmax(dim=1) == y).sum())
+        total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(dim=1) == y).sum()
     model.train(was_training)
-    return {"loss": total_loss / n, "accuracy": correct / n}
+    return {"loss": float(total_loss) / n, "accuracy": int(correct) / n}
 
 
 class EpochBatches:
@@ -390,9 +398,9 @@ class EpochBatches:
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, i = divmod(step, self.per_epoch)
-        if epoch != self._epoch:
+        if epoch != self._epoch:  # drawn on the CPU whatever the data's device: the same order everywhere
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(self.inputs.shape[0], generator=g)
+            self._perm = torch.randperm(self.inputs.shape[0], generator=g).to(self.inputs.device)
             self._epoch = epoch
         idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
         x = torch.index_select(self.inputs, 0, idx)  # half the time of inputs[idx] for a LeNet batch here
