@@ -198,7 +198,10 @@ def test_lean_adam_state_dict_round_trip_and_hooks():
     x, y, model, _ = setup(3)
     fresh = training.LeanAdam(list(model.parameters()), lr=0.01, fused=True)
     fresh.load_state_dict(state)
-    assert fresh._lean is None  # lists are rebuilt from the loaded state, never reused
+    # the direct path's lists are rebuilt from the loaded state (a resumed checkpoint), never reused
+    params = fresh.param_groups[0]["params"]
+    assert fresh._lean is not None and fresh._lean is not opt._lean
+    assert all(a is fresh.state[p]["exp_avg"] for a, p in zip(fresh._lean[1], params))
     calls = []
     fresh.register_step_post_hook(lambda *a: calls.append(1))
     nn.functional.cross_entropy(model(x[:32]), y[:32]).backward()

@@ -73,8 +73,13 @@ class _Printer:
         if event == "resume":
             click.echo(f"resuming {info['job_dir']} (MLflow run {info['run_id']})")
         elif event == "start":
-            click.echo(f"{tag} density {100 * info['density']:.2f}%  training {info['steps']} steps")
+            resumed = info.get("resumed_at")
+            what = (f"resuming from its checkpoint at step {resumed} of {info['steps']}" if resumed is not None
+                    else f"training {info['steps']} steps")
+            click.echo(f"{tag} density {100 * info['density']:.2f}%  {what}")
             self.last = time.monotonic()
+        elif event == "warning":
+            click.echo(f"warning: {info['message']}", err=True)
         elif event == "eval" and self.early_stop in info["metrics"]:  # not the early-stop weights' test score
             now = time.monotonic()
             if now - self.last >= self.every_s or info["step"] == info["steps"]:
@@ -155,6 +160,26 @@ def main(threads: int) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
 
 
+_device_option = click.option(
+    "--device", metavar="DEVICE",
+    help="where arms train: auto, cpu, cuda or cuda:N; overrides train.device (not part of the job's hash, "
+         "so a job may resume on another device) [default: the recipe's train.device, auto]")
+
+
+def _with_device(overrides: tuple[str, ...], device: str | None) -> tuple[str, ...]:
+    """--device as the last override of train.device."""
+    return (*overrides, f"train.device={device}") if device else overrides
+
+
+def _device_line(cfg: Any, task: Any) -> str:
+    """Where a job's arms train, for its first line; DeviceError (before any run) where that device is
+    not there or cannot train in the precision asked."""
+    from . import devices
+    device = devices.job_device(cfg.train.device, task)
+    devices.check_precision(cfg.train.precision, device)
+    return devices.describe(device, cfg.train.precision, cfg.train.tf32)
+
+
 def _job_options(command: Any) -> Any:
     """The options find and transfer share: where results go, where data is, how many workers."""
     for option in reversed([
@@ -170,6 +195,7 @@ def _job_options(command: Any) -> Any:
                                                     '(pip install "ticketx[ray]")'),
         click.option("--address", metavar="HOST:PORT", envvar="RAY_ADDRESS",
                      help="the Ray cluster to join [default: $RAY_ADDRESS, else a local one]"),
+        _device_option,
     ]):
         command = option(command)
     return command
@@ -181,7 +207,7 @@ def _job_options(command: Any) -> Any:
               help="override a recipe key, e.g. --set train.steps=500 (repeatable; values are TOML)")
 @_job_options
 def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_root: str | None,
-         out: Path, workers: int | None, backend: str, address: str | None) -> None:
+         out: Path, workers: int | None, backend: str, address: str | None, device: str | None) -> None:
     """Search for winning tickets by iterative magnitude pruning, with random-reinit and random-prune
     controls at every level. Running the same recipe again resumes where it stopped."""
     from . import config as configlib
@@ -190,13 +216,14 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
     from .tracking import Tracker
 
     try:
-        cfg = configlib.load(recipe, overrides)
+        cfg = configlib.load(recipe, _with_device(overrides, device))
         task = plugins.make_task(cfg.task.plugin, cfg.task.name, cfg.task.options,
                                  available=plugins.discover(), data_root=resolve_data_root(data_root))
+        where = _device_line(cfg, task)
         tracker = Tracker()
         click.echo(f"ticketx find {cfg.name}: {cfg.task.plugin}/{cfg.task.name}, {cfg.prune.levels} levels "
-                   f"x {len(cfg.arms)} arms x {cfg.replicates} replicate(s), {cfg.train.steps} steps each; "
-                   f"MLflow store {tracker.uri}")
+                   f"x {len(cfg.arms)} arms x {cfg.replicates} replicate(s), {cfg.train.steps} steps each, "
+                   f"on {where}; MLflow store {tracker.uri}")
         result = findlib.run_find(cfg, task, tracker, root=out, experiment=experiment,
                                   progress=_Printer(task.metrics.primary, task.metrics.early_stop),
                                   workers=_workers(workers, backend), backend=_backend(backend, address),
@@ -228,7 +255,7 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
 @_job_options
 def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str | None, compare_ref: str | None,
              experiment: str | None, data_root: str | None, out: Path, workers: int | None, backend: str,
-             address: str | None) -> None:
+             address: str | None, device: str | None) -> None:
     """Train a ticket (a ticket folder, a find job folder, runs:/RUN_ID/ticket, or RUN_ID[@LEVEL]) on
     another dataset, optimizer or learning rate, beside a random ticket, the ticket's masks with fresh
     weights, and the dense network. A list of learning rates is a grid: validation picks one per arm."""
@@ -241,17 +268,19 @@ def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str |
         tracker = Tracker()
         tracker.check_reachable()
         available = plugins.discover()
-        cfg = transferlib.target_config(to, transferlib.peek(ticket_ref, tracker, fetch), overrides)
+        cfg = transferlib.target_config(to, transferlib.peek(ticket_ref, tracker, fetch),
+                                        _with_device(overrides, device))
         task = plugins.make_task(cfg.task.plugin, cfg.task.name, cfg.task.options, available=available,
                                  data_root=resolve_data_root(data_root))
+        where = _device_line(cfg, task)
         # "the best level" is judged by the target's metric and direction (accuracy up, perplexity down)
         sources = transferlib.resolve(ticket_ref, tracker, task.metrics, levels=levels, workdir=fetch)
         compare = (transferlib.resolve(compare_ref, tracker, task.metrics, levels="all", workdir=fetch)
                    if compare_ref else [])
         click.echo(f"ticketx transfer {cfg.name}: {len(sources)} ticket(s) from {ticket_ref} "
                    f"(levels {', '.join(str(s.level) for s in sources)}) onto {cfg.task.plugin}/{cfg.task.name}, "
-                   f"{cfg.train.optimizer} lr {' '.join(f'{x:g}' for x in cfg.lrs)}, {cfg.replicates} replicate(s); "
-                   f"MLflow store {tracker.uri}")
+                   f"{cfg.train.optimizer} lr {' '.join(f'{x:g}' for x in cfg.lrs)}, {cfg.replicates} replicate(s), "
+                   f"on {where}; MLflow store {tracker.uri}")
         result = transferlib.run_transfer(cfg, task, sources, tracker, root=out, compare=compare,
                                           experiment=experiment,
                                           progress=_Printer(task.metrics.primary, task.metrics.early_stop),
@@ -480,12 +509,14 @@ def overlap(first: Path, second: Path) -> None:
 @click.option("--data-root", help="dataset folder (default: $TICKETX_DATA, else a user cache folder)")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("ticketx-runs"), show_default=True,
               help="folder for instability.csv and instability.png (in a subfolder per recipe)")
+@_device_option
 def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int, overrides: tuple[str, ...],
-                experiment: str | None, data_root: str | None, out: Path) -> None:
+                experiment: str | None, data_root: str | None, out: Path, device: str | None) -> None:
     """Linear mode connectivity (Frankle et al. 2020): the error barrier between two copies trained from
     θk with different data orders, for each rewind step k. A barrier near zero means training from θk is
     stable: where rewinding to k finds tickets that rewinding to 0 does not."""
     from . import config as configlib
+    from . import devices
     from . import instability as inst
     from . import plugins
     from . import ticket as ticketlib
@@ -499,10 +530,12 @@ def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int,
             raise configlib.ConfigError(f"--rewind takes comma-separated integers, got {rewind!r}") from None
         if not ks:
             raise configlib.ConfigError("--rewind needs at least one step")
-        cfg = configlib.load(recipe, overrides)
+        cfg = configlib.load(recipe, _with_device(overrides, device))
         inst.check(cfg, ks)
         task = plugins.make_task(cfg.task.plugin, cfg.task.name, cfg.task.options,
                                  available=plugins.discover(), data_root=resolve_data_root(data_root))
+        where = _device_line(cfg, task)
+        on = devices.job_device(cfg.train.device, task)
         masks = None
         if ticket_dir is not None:
             t = ticketlib.load(ticket_dir)
@@ -514,13 +547,15 @@ def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int,
         exp_id = tracker.experiment(experiment or cfg.name)
         what, _ = inst.error_fn(task)
         run_id = tracker.start_run(exp_id, f"instability {cfg.name}",
-                                   tags={"ticketx.kind": "instability", "ticketx.task": f"{cfg.task.plugin}/{cfg.task.name}"},
+                                   tags={"ticketx.kind": "instability", "ticketx.task": f"{cfg.task.plugin}/{cfg.task.name}",
+                                         "ticketx.device": on},
                                    params={"rewind": ",".join(map(str, ks)), "points": str(points),
-                                           "ticket": str(ticket_dir or ""), "error": what})
+                                           "ticket": str(ticket_dir or ""), "error": what, "device": on,
+                                           "precision": cfg.train.precision})
         click.echo(f"ticketx instability {cfg.name}: k = {', '.join(map(str, ks))}; "
-                   f"{cfg.train.steps} steps per copy; error = {what}; MLflow run {run_id}")
+                   f"{cfg.train.steps} steps per copy, on {where}; error = {what}; MLflow run {run_id}")
         try:
-            results = inst.run(cfg, task, ks, masks=masks, points=points, progress=click.echo)
+            results = inst.run(cfg, task, ks, masks=masks, points=points, progress=click.echo, device=on)
         except BaseException:
             tracker.finish(run_id, "FAILED")
             raise

@@ -240,9 +240,9 @@ UNHASHED_TRAIN_KEYS = ("device", "checkpoint_every")
 HASHED_WHEN_SET = {"precision": "fp32", "tf32": False}
 
 
-def config_hash(config: RunConfig) -> str:
-    """Hash of everything that changes results (not the name, description, device or checkpoint
-    interval), as hex."""
+def hashed(config: RunConfig) -> dict[str, Any]:
+    """What of a config changes results, as plain data: all of it but the name, the description, the
+    device and the checkpoint interval (and precision and tf32 at their defaults)."""
     data = to_dict(config)
     data.pop("name"), data.pop("description")
     train = data["train"]
@@ -251,7 +251,22 @@ def config_hash(config: RunConfig) -> str:
     for key, default in HASHED_WHEN_SET.items():
         if train[key] == default:
             train.pop(key)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return data
+
+
+def config_hash(config: RunConfig) -> str:
+    """Hash of `hashed(config)`, as hex: a job's name."""
+    return hashlib.sha256(json.dumps(hashed(config), sort_keys=True).encode()).hexdigest()
+
+
+def run_params(config: RunConfig) -> dict[str, str]:
+    """A job's parent-run params: the config flattened, less the keys that may differ between runs of
+    the same job (the device, the checkpoint interval; the device is a tag of every run instead)."""
+    from .tracking import flatten
+    params = flatten(to_dict(config))
+    for key in UNHASHED_TRAIN_KEYS:
+        params.pop(f"train.{key}", None)
+    return params
 
 
 def _type_name(tp: Any) -> str:

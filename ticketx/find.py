@@ -22,14 +22,14 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from . import analysis
+from . import analysis, devices
 from . import masks as masklib
 from . import pool
 from . import ticket as ticketlib
-from .config import ConfigError, FindConfig, config_hash, to_dict
+from .config import ConfigError, FindConfig, config_hash, run_params, to_dict
 from .jobs import ArmSetup, Job, Progress, Recorder, clone_state, save_state, summarise
 from .task import Masks, MetricSpec, Task, check_plan
-from .tracking import Tracker, flatten
+from .tracking import Tracker
 
 DENSE = "dense"
 ARM_ORDER = {DENSE: 0, "ticket": 1, "random_reinit": 2, "random_prune": 3}
@@ -183,6 +183,7 @@ class _Work:
     experiment: str
     parent: str
     exp_id: str
+    wants_gpu: bool = False  # the job trains on CUDA: the Ray backend gives each actor a share of a GPU
 
     def build(self, progress: Progress) -> Callable[[Any], dict[str, Any]]:
         from . import plugins
@@ -190,19 +191,20 @@ class _Work:
         task = plugins.make_task(c.task.plugin, c.task.name, c.task.options, available=plugins.discover(),
                                  data_root=self.data_root)
         task.prepare()
-        job = _job(c, task, Tracker(self.tracker_uri), self.root, self.experiment, progress)
+        device = devices.job_device(c.train.device, task, worker=pool.worker_index())
+        job = _job(c, task, Tracker(self.tracker_uri), self.root, self.experiment, progress, device)
         job.parent, job.exp_id = self.parent, self.exp_id
         search = _Search(c, task, job)
         return lambda key: search.arm(*key)
 
 
 def _job(c: FindConfig, task: Task, tracker: Tracker, root: Path, experiment: str,
-         progress: Progress | None) -> Job:
+         progress: Progress | None, device: str) -> Job:
     return Job(kind="find", name=c.name, config_hash=config_hash(c), config=to_dict(c), task=task,
                tracker=tracker, root=root, experiment=experiment, progress=progress,
                tags={"ticketx.task": f"{c.task.plugin}/{c.task.name}", "ticketx.seed": str(c.seed),
                      "mlflow.note.content": c.description},
-               params=flatten(to_dict(c)))
+               params=run_params(c), device=device, checkpoint_every=c.train.checkpoint_every)
 
 
 def _order(key: tuple[int, int, str]) -> tuple[bool, int]:
@@ -226,7 +228,9 @@ def run_find(config: FindConfig, task: Task, tracker: Tracker, *, root: Path,
     `backend` runs them elsewhere (`ticketx.raypool.RayBackend`: a Ray cluster), with the same numbers.
     """
     c = config
-    job = _job(c, task, tracker, root, experiment or c.name, progress)
+    device = devices.job_device(c.train.device, task)  # a GPU that is not there fails here, before any run
+    devices.check_precision(c.train.precision, device)
+    job = _job(c, task, tracker, root, experiment or c.name, progress, device)
     search = _Search(c, task, job)
     task.prepare()  # a missing dataset fails here, before any MLflow run exists
     search.check_layers()
@@ -236,7 +240,8 @@ def run_find(config: FindConfig, task: Task, tracker: Tracker, *, root: Path,
     job.open()
     try:
         units = search.units()
-        work = _Work(c, data_root, tracker.uri, Path(root), job.experiment, job.parent, job.exp_id)
+        work = _Work(c, data_root, tracker.uri, Path(root), job.experiment, job.parent, job.exp_id,
+                     device.startswith("cuda"))
         done = pool.run(units, lambda key: search.arm(*key), work, workers=workers, progress=job.progress,
                         threads=torch.get_num_threads(), first=_order, backend=backend)
         records = list(done.values())

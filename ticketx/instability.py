@@ -67,7 +67,8 @@ def check(config: FindConfig, ks: Sequence[int]) -> None:
 
 
 def run(config: FindConfig, task: Task, ks: Sequence[int], *, masks: Masks | None = None, points: int = 11,
-        data_seeds: tuple[int, int] = (1, 2), progress: Callable[[str], None] = lambda s: None) -> list[Point]:
+        data_seeds: tuple[int, int] = (1, 2), progress: Callable[[str], None] = lambda s: None,
+        device: str = "cpu") -> list[Point]:
     """The barrier at each rewind step in `ks` for replicate 0 of `config` (its init seed and training).
 
     `data_seeds` are the two copies' data orders (added to the config's data seed); θk itself is reached
@@ -82,20 +83,21 @@ def run(config: FindConfig, task: Task, ks: Sequence[int], *, masks: Masks | Non
     if masks is None:
         masks = {n: torch.ones_like(p) for n, p in task.prunable(init).items()}
     init_state = clone_state(init)
+    masks = {n: m.to(device) for n, m in masks.items()}
     out = []
     for k in sorted(set(ks)):
-        model = task.build_model(config.init_seed(0))
+        model = task.build_model(config.init_seed(0)).to(device)
         model.load_state_dict(init_state)
         if k > 0:
             progress(f"k={k}: training from initialisation to step {k}")
-            task.train(model, masks, replace(config.plan(0), steps=k), _Quiet())
+            task.train(model, masks, replace(config.plan(0), steps=k, device=device), _Quiet())
         theta_k = clone_state(model)
         ends = []
         for copy, seed in enumerate(data_seeds):
             progress(f"k={k}: copy {copy + 1} of 2, steps {k} to {steps}, data order {seed}")
-            m = task.build_model(config.init_seed(0))
+            m = task.build_model(config.init_seed(0)).to(device)
             m.load_state_dict(theta_k)
-            plan = replace(config.plan(0, start_step=k), data_seed=config.order_seed(0) + seed)
+            plan = replace(config.plan(0, start_step=k), data_seed=config.order_seed(0) + seed, device=device)
             task.train(m, masks, plan, _Quiet())
             ends.append(clone_state(m))
         curve = analysis.interpolation(model, ends[0], ends[1], error, points=points)

@@ -1,9 +1,14 @@
 """What find and transfer jobs share: a job folder, an MLflow parent run, and arms trained idempotently.
 
 Every arm leaves `<arm>.json` in its folder when it finishes; a job run again with the same config reads
-those back instead of retraining, and an arm killed half-way (its `<arm>.run` written, no result) has its
-half-logged MLflow run deleted and is trained again from its saved starting point, so no run is
-duplicated and the numbers are those of an uninterrupted job.
+those back instead of retraining. An arm killed half-way (its `<arm>.run` written, no result) resumes
+from its last checkpoint (`<arm>.ckpt.safetensors`, `ticketx.checkpoint`) in the same MLflow run, logging
+no metric step twice; one killed before its first checkpoint has its half-logged run deleted and is
+trained again from its saved starting point. Either way no run is duplicated and, on the CPU in fp32,
+the numbers are those of an uninterrupted job.
+
+Arms train on the job's device (`ticketx.devices`): the model and masks are moved there when an arm
+starts and the model back to the CPU when it ends, so tickets and trained weights on disk are CPU fp32.
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dataclasses
+
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
 from . import masks as masklib
+from .checkpoint import ArmCheckpoints, CheckpointError
 from .files import atomic_write, write_csv, write_json
-from .task import Masks, MetricSpec, Plan, Task
+from .task import Masks, MetricSpec, Plan, Task, TaskError
 from .tracking import Tracker, git_commit
 
 Progress = Callable[[str, Mapping[str, Any]], None]  # (event, info): resume, start, eval, done, skip
@@ -35,18 +43,26 @@ def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
 
 
 def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """A copy of the model's state on the CPU, wherever the model is."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 class Recorder:
-    """The core's Observer: logs each evaluation to MLflow, captures the weights at one step, reports."""
+    """The core's Observer: logs each evaluation to MLflow, captures the weights at one step, reports.
+
+    `checkpoints` (an `ArmCheckpoints`, or None) is what `ticketx.training.fit` saves to and resumes
+    from. A resumed arm's recorder holds the evaluations made before the kill (`restore`) and skips
+    logging a metric at a step the run already has (`logged`).
+    """
 
     def __init__(self, tracker: Tracker, run_id: str, *, capture_at: int | None, progress: Progress,
-                 info: Mapping[str, Any]) -> None:
+                 info: Mapping[str, Any], logged: Mapping[str, set[int]] | None = None) -> None:
         self.tracker, self.run_id, self.capture_at = tracker, run_id, capture_at
         self.progress, self.info = progress, dict(info)
         self.history: list[tuple[int, dict[str, float]]] = []
         self.captured: dict[str, torch.Tensor] | None = None
+        self.logged = dict(logged or {})
+        self.checkpoints: ArmCheckpoints | None = None
 
     def on_step(self, step: int, model: nn.Module) -> None:
         if step == self.capture_at:
@@ -55,8 +71,18 @@ class Recorder:
     def on_eval(self, step: int, metrics: Mapping[str, float]) -> None:
         m = {k: float(v) for k, v in metrics.items()}
         self.history.append((step, m))
-        self.tracker.log_metrics(self.run_id, m, step)
+        fresh = {k: v for k, v in m.items() if step not in self.logged.get(k, ())}
+        if fresh:
+            self.tracker.log_metrics(self.run_id, fresh, step)
         self.progress("eval", {**self.info, "step": step, "metrics": m})
+
+    def core_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this recorder: the evaluations so far and the captured weights."""
+        return {"history": [[step, m] for step, m in self.history], "captured": self.captured}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.history = [(int(step), dict(m)) for step, m in state["history"]]
+        self.captured = state["captured"]
 
     def summary(self, spec: MetricSpec) -> tuple[int, dict[str, float], dict[str, float]]:
         """(early-stop step, metrics there, metrics at the last evaluation)."""
@@ -97,8 +123,10 @@ class Job:
 
     def __init__(self, *, kind: str, name: str, config_hash: str, config: Mapping[str, Any], task: Task,
                  tracker: Tracker, root: Path, experiment: str, progress: Progress | None,
-                 tags: Mapping[str, str], params: Mapping[str, str]) -> None:
+                 tags: Mapping[str, str], params: Mapping[str, str], device: str = "cpu",
+                 checkpoint_every: int | None = None) -> None:
         self.kind, self.hash, self.config, self.task, self.tracker = kind, config_hash, config, task, tracker
+        self.device, self.checkpoint_every = device, checkpoint_every  # device: resolved, "cpu" or "cuda:N"
         self.progress: Progress = progress or (lambda event, info: None)
         self.name = name
         self.dir = Path(root) / f"{name}-{config_hash[:10]}"
@@ -123,8 +151,13 @@ class Job:
         if parent:
             self.tracker.reopen(parent)
             runs[self.tracker.uri] = parent
+            resumable = self._checkpointed_runs()
             for child in self.tracker.child_runs(self.exp_id, parent):
-                if child.info.status == "RUNNING":  # no arm of this job runs now: one killed before its .run
+                if child.info.status != "RUNNING":  # no arm of this job runs now
+                    continue
+                if child.info.run_id in resumable:  # its arm resumes from a checkpoint: continued, not redone
+                    self.tracker.finish(child.info.run_id, "KILLED")
+                else:  # killed before its .run, or before its first checkpoint
                     self.tracker.delete(child.info.run_id)
             self.progress("resume", {"job_dir": str(self.dir), "run_id": parent})
         else:
@@ -138,8 +171,17 @@ class Job:
                                             tags=tags, params=self.params)
             runs[self.tracker.uri] = parent
         self.parent = parent
+        self.tracker.set_tags(parent, {"ticketx.device": self.device})
         write_json(state_file, {"kind": self.kind, "config": dict(self.config), "config_hash": self.hash,
                                 "task": self.task.spec(), "parent_runs": runs, "experiment": self.experiment})
+
+    def _checkpointed_runs(self) -> set[str]:
+        """Run ids of arms that left a checkpoint: their runs are continued when the arm resumes."""
+        out = set()
+        for run_file in self.dir.rglob("*.run"):
+            if run_file.with_suffix(".ckpt.safetensors").exists():
+                out.add(run_file.read_text().strip())
+        return out
 
     def folder(self, *parts: str) -> Path:
         d = self.dir.joinpath(*parts)
@@ -148,46 +190,100 @@ class Job:
 
     def arm(self, folder: Path, arm: str, info: Mapping[str, Any], setup: Callable[[], ArmSetup],
             run_name: str, after: AfterTrain | None = None) -> dict[str, Any]:
-        """Train one arm, or read back its result if an earlier run of the job finished it."""
+        """Train one arm on the job's device, resume it from its checkpoint, or read back its result if an
+        earlier run of the job finished it."""
         result_file, run_file = folder / f"{arm}.json", folder / f"{arm}.run"
         if result_file.exists():
             record = json.loads(result_file.read_text())
             self.progress("skip", {**info, "record": record})
             return record
-        if run_file.exists():  # killed half-way last time: its half-logged run goes, the arm restarts
-            stale = run_file.read_text().strip()
-            if self.tracker.exists(stale):
-                self.tracker.delete(stale)
+        clock: dict[str, float] = {"before": 0.0, "began": time.perf_counter()}
+        recorder: Recorder | None = None
+        checkpoints = ArmCheckpoints(
+            folder / f"{arm}.ckpt.safetensors", every_steps=self.checkpoint_every,
+            core_state=lambda: {**recorder.core_state(),  # type: ignore[union-attr]
+                                "seconds": clock["before"] + time.perf_counter() - clock["began"]})
+        saved, run_id = self._resumable(run_file, checkpoints)
         s = setup()
+        plan = dataclasses.replace(s.plan, device=self.device)
         dens = masklib.density(s.masks)
         tags = {f"ticketx.{k}": str(v) for k, v in info.items() if k != "steps"}
-        params = {**{k: str(v) for k, v in info.items()}, **s.params, "density": f"{dens:.6f}",
-                  "data_seed": str(s.plan.data_seed), "start_step": str(s.plan.start_step)}
-        run_id = self.tracker.start_run(self.exp_id, run_name, parent=self.parent, tags=tags, params=params)
-        run_file.write_text(run_id)
-        self.progress("start", {**info, "density": dens, "run_id": run_id})
-        recorder = Recorder(self.tracker, run_id, capture_at=s.capture_at, progress=self.progress,
-                            info={**info, "density": dens})
-        began = time.perf_counter()
+        tags["ticketx.device"] = self.device
+        if run_id is None:
+            params = {**{k: str(v) for k, v in info.items()}, **s.params, "density": f"{dens:.6f}",
+                      "data_seed": str(plan.data_seed), "start_step": str(plan.start_step),
+                      "device": self.device, "precision": plan.precision}
+            run_id = self.tracker.start_run(self.exp_id, run_name, parent=self.parent, tags=tags, params=params)
+            run_file.write_text(run_id)
+            recorder = Recorder(self.tracker, run_id, capture_at=s.capture_at, progress=self.progress,
+                                info={**info, "density": dens})
+            self.progress("start", {**info, "density": dens, "run_id": run_id})
+        else:  # the same run goes on (on this job's device, which may differ from the one it began on)
+            assert saved is not None
+            self.tracker.reopen(run_id)
+            self.tracker.set_tags(run_id, {**tags, "ticketx.resumed_at": str(saved["step"])})
+            recorder = Recorder(self.tracker, run_id, capture_at=s.capture_at, progress=self.progress,
+                                info={**info, "density": dens}, logged=self.tracker.logged_steps(run_id))
+            recorder.restore(saved["core"])
+            clock["before"] = float(saved["core"]["seconds"])
+            self.progress("start", {**info, "density": dens, "run_id": run_id, "resumed_at": saved["step"]})
+        recorder.checkpoints = checkpoints
+        clock["began"] = time.perf_counter()
         try:
-            self.task.train(s.model, s.masks, s.plan, recorder)
-            seconds = time.perf_counter() - began
-            check_masked(s.model, s.masks, f"{arm} ({run_name})")
+            model = s.model.to(self.device)  # in place: s.model is this model
+            on_device = {n: m.to(self.device) for n, m in s.masks.items()}
+            try:
+                self.task.train(model, on_device, plan, recorder)
+            except torch.OutOfMemoryError:
+                raise TaskError(
+                    f"{run_name}: out of memory on {self.device} at train.batch_size {plan.batch_size} "
+                    f"({plan.precision}); lower train.batch_size, use fewer --workers per GPU, or another "
+                    "device. Nothing was recorded as finished: running the job again resumes this arm "
+                    "from its last checkpoint"
+                ) from None
+            seconds = clock["before"] + time.perf_counter() - clock["began"]
+            model.to("cpu")
+            check_masked(model, s.masks, f"{arm} ({run_name})")
             es_step, at_es, final = recorder.summary(self.task.metrics)
-            extra = (after(s.model, recorder, run_id) if after is not None else None) or {}
+            extra = (after(model, recorder, run_id) if after is not None else None) or {}
         except BaseException as e:
+            s.model.to("cpu")
             self.tracker.finish(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             raise
         record = {**info, **{k: v for k, v in s.params.items() if k not in info}, "density": dens,
                   "layer_density": masklib.layer_density(s.masks), "early_stop_step": es_step,
-                  "at_early_stop": at_es, "final": final, "seconds": seconds, "run_id": run_id, **extra}
+                  "at_early_stop": at_es, "final": final, "seconds": seconds, "run_id": run_id,
+                  "device": self.device, **extra}
+        if saved is not None:
+            record["resumed_at"] = saved["step"]
         self.tracker.log_metrics(run_id, {"density": dens, "early_stop_step": es_step, "seconds": seconds,
                                           **{f"es_{k}": v for k, v in at_es.items()},
                                           **{f"final_{k}": v for k, v in final.items()}})
         self.tracker.finish(run_id)  # then the result: killed between the two, the arm is redone, no run left RUNNING
         write_json(result_file, record)
+        checkpoints.remove()
         self.progress("done", {**info, "record": record})
         return record
+
+    def _resumable(self, run_file: Path, checkpoints: ArmCheckpoints) -> tuple[dict[str, Any] | None, str | None]:
+        """(the checkpoint, the run it continues) of an arm killed after its first checkpoint; else
+        (None, None), with the half-logged run of an arm killed before it deleted, so that it restarts."""
+        if not run_file.exists():
+            checkpoints.remove()  # a checkpoint without its run file is no arm's: never resumed
+            return None, None
+        stale = run_file.read_text().strip()
+        saved = None
+        if self.tracker.exists(stale):
+            try:
+                saved = checkpoints.load()
+            except CheckpointError as e:
+                self.progress("warning", {"message": f"{e}; the arm starts again"})
+        if saved is not None:
+            return saved, stale
+        if self.tracker.exists(stale):
+            self.tracker.delete(stale)
+        checkpoints.remove()
+        return None, None
 
     def close(self, rows: list[dict[str, Any]], records: list[dict[str, Any]],
               extra_artifacts: list[Path] = ()) -> None:

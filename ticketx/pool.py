@@ -60,11 +60,22 @@ def _order(units: Mapping[Key, tuple[Key, ...]]) -> list[Key]:
 
 # one worker process serves one job: its runner is built once by the initializer and kept here
 _runner: Callable[[Key], dict[str, Any]] | None = None
+_worker_index = 0  # this process's number among the pool's workers (0 outside a pool): which GPU it takes
 
 
-def _init_worker(work: Work, events: Any, threads: int, parent: int) -> None:
-    global _runner
+def worker_index() -> int:
+    """This process's number among the job's workers, counted from 0 as they start (a worker that replaces
+    a dead one takes the next number); 0 in the job's own process and in a Ray actor."""
+    return _worker_index
+
+
+def _init_worker(work: Work, events: Any, threads: int, parent: int, counter: Any = None) -> None:
+    global _runner, _worker_index
     _exit_with_parent(parent)  # first: the parent may have died while this process was importing
+    if counter is not None:
+        with counter.get_lock():
+            _worker_index = counter.value
+            counter.value += 1
     from .training import configure_torch
     configure_torch(threads)
     _runner = work.build(lambda event, info: events.put((event, dict(info))))
@@ -110,8 +121,9 @@ class LocalBackend:
     def start(self, work: Work, *, workers: int, threads: int) -> int:
         ctx = mp.get_context("spawn")  # fork after torch and mlflow started threads can deadlock
         self.events = ctx.Queue()  # progress from the workers, handed to them when they start
+        counter = ctx.Value("i", 0)  # numbers the workers as they start: worker i trains on GPU i mod count
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                        initargs=(work, self.events, threads, os.getpid()))
+                                        initargs=(work, self.events, threads, os.getpid(), counter))
         return workers
 
     def submit(self, key: Key) -> Future:

@@ -145,6 +145,14 @@ class RayBackend:
         if workers < 1 or cpus < workers:
             raise WorkerError(f"{self.describe()} has {cpus:g} CPUs, fewer than --workers {workers}: lower "
                               "--workers or add nodes")
+        if getattr(work, "wants_gpu", False) and not self.gpus:
+            # the job trains on CUDA: the workers share the cluster's GPUs evenly (Ray shows each actor
+            # only its GPU, as cuda:0); several actors on one GPU take a fraction of it each
+            gpus = ray.cluster_resources().get("GPU", 0)
+            if gpus < 1:
+                raise WorkerError(f"the job trains on CUDA but {self.describe()} has no GPUs: start its nodes "
+                                  "on GPU machines, or set --device cpu")
+            self.gpus = min(1.0, int(gpus) / workers)
         from ray.util.queue import Queue
         events = f"ticketx-events-{uuid.uuid4().hex}"
         self.events = Queue(actor_options={"num_cpus": 0, "name": events})

@@ -130,6 +130,13 @@ class Tracker:
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         self._call("log metrics", self.client.log_batch, run_id, metrics=batch)
 
+    def logged_steps(self, run_id: str) -> dict[str, set[int]]:
+        """Metric name -> the steps at which `run_id` has a value of it (a resumed arm logs no step twice)."""
+        run = self._call("look up a run", self.client.get_run, run_id)
+        return {key: {m.step for m in self._call("read a metric's history", self.client.get_metric_history,
+                                                  run_id, key)}
+                for key in run.data.metrics}
+
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self._call("set tags", self.client.log_batch, run_id,
                    tags=[RunTag(k, str(v)) for k, v in tags.items()])

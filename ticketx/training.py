@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import _get_scalar_dtype, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
+from . import devices
 from .task import Masks, Observer, Plan, TaskError
 
 BatchFn = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # step -> (inputs, targets)
@@ -42,10 +43,10 @@ def configure_torch(threads: int) -> None:
 def make_optimizer(params: list[nn.Parameter], plan: Plan) -> torch.optim.Optimizer:
     """The optimizer named by `plan.optimizer`, with torch's fused kernel where the parameters allow it.
 
-    The fused kernel does each step in one pass over every parameter instead of one op per tensor, and
-    `LeanAdam` calls it without torch.optim's per-step Python bookkeeping: on one CPU thread here a dense
-    LeNet-300-100 training loop ran 3.74x the usual way's speed with `fused=True` alone and 4.06x with
-    `LeanAdam` as well (benchmarks/README.md). The update is torch's own fused Adam, bit for bit.
+    The fused kernel does each step in one pass over every parameter instead of one op per tensor. On the
+    CPU, `LeanAdam` calls it without torch.optim's per-step Python bookkeeping (benchmarks/README.md
+    measures what that gains); on CUDA, and wherever a gradient scaler must reach the kernel, torch's
+    own fused Adam is used. Either way the update is torch's fused Adam, bit for bit.
     """
     fused = _fusable(params)
     if plan.optimizer == "sgd":
@@ -54,12 +55,43 @@ def make_optimizer(params: list[nn.Parameter], plan: Plan) -> torch.optim.Optimi
             weight_decay=plan.weight_decay, fused=fused,
         )
     if plan.optimizer in ("adam", "adamw"):
-        cls = LeanAdam if fused else torch.optim.Adam
+        lean = fused and all(p.device.type == "cpu" for p in params) and plan.precision != "fp16"
+        cls = LeanAdam if lean else torch.optim.Adam
         return cls(
             params, lr=plan.lr, weight_decay=plan.weight_decay, fused=fused,
             decoupled_weight_decay=plan.optimizer == "adamw",
         )
     raise TaskError(f"train.optimizer must be one of 'sgd', 'adam', 'adamw', got {plan.optimizer!r}")
+
+
+def pin_zeros(optimizer: torch.optim.Optimizer, pairs: list[tuple[nn.Parameter, torch.Tensor]]) -> list[nn.Parameter]:
+    """Keep each parameter's entries where its mask is 0 exactly as they are (zero, in a ticket) at no
+    per-step cost, by starting their Adam second-moment estimate at +inf (see the module docstring).
+
+    Works through torch.optim.Adam's public state: creates the state now, exactly as Adam's first step
+    would, and fills +inf where masks are 0. Returns the parameters pinned: none for other optimizers
+    or for Adam with amsgrad, maximize or a differentiable step (the masks are then multiplied in).
+    """
+    if not isinstance(optimizer, torch.optim.Adam):
+        return []
+    groups = [g for g in optimizer.param_groups if not (g["amsgrad"] or g["maximize"] or g["differentiable"])]
+    trained = {id(p) for g in groups for p in g["params"]}
+    pinned = [(p, m) for p, m in pairs if id(p) in trained]
+    for group in groups:
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if len(state) == 0:  # as torch.optim.Adam._init_group creates it
+                on_device = group["fused"] or group["capturable"]
+                state["step"] = (
+                    torch.zeros((), dtype=_get_scalar_dtype(is_fused=group["fused"]), device=p.device)
+                    if on_device else torch.tensor(0.0, dtype=_get_scalar_dtype(), device="cpu")
+                )
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    with torch.no_grad():
+        for p, m in pinned:
+            optimizer.state[p]["exp_avg_sq"].masked_fill_(m == 0, math.inf)
+    return [p for p, _ in pinned]
 
 
 def _fusable(params: list[nn.Parameter]) -> bool | None:
@@ -91,35 +123,20 @@ class LeanAdam(torch.optim.Adam):
     def load_state_dict(self, state_dict) -> None:
         self._lean = None
         super().load_state_dict(state_dict)
+        self._lean = self._lean_lists()  # a resumed checkpoint's state: the direct path from its first step
 
     def add_param_group(self, param_group) -> None:
         self._lean = None
         super().add_param_group(param_group)
 
     def pin_zeros(self, pairs: list[tuple[nn.Parameter, torch.Tensor]]) -> list[nn.Parameter]:
-        """Keep each parameter's entries where its mask is 0 exactly as they are (zero, in a ticket) at
-        no per-step cost, by starting their second-moment estimate at +inf (see the module docstring).
-
-        Creates the optimizer state now, as torch.optim.Adam would at its first step. Returns the
-        parameters pinned: none where the direct path does not apply (see the class docstring), and
-        only parameters this optimizer trains.
-        """
-        group = self._direct_group()
-        if group is None:
+        """`pin_zeros(self, pairs)` where the direct path applies (see the class docstring), else
+        nothing pinned; then the direct path is ready from the first step."""
+        if self._direct_group() is None:
             return []
-        trained = {id(p) for p in group["params"]}
-        pinned = [(p, m) for p, m in pairs if id(p) in trained]
-        for p in group["params"]:
-            state = self.state[p]
-            if len(state) == 0:  # as torch.optim.Adam._init_group creates it for the fused kernel
-                state["step"] = torch.zeros((), dtype=_get_scalar_dtype(is_fused=True), device=p.device)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        with torch.no_grad():
-            for p, m in pinned:
-                self.state[p]["exp_avg_sq"].masked_fill_(m == 0, math.inf)
+        pinned = pin_zeros(self, pairs)
         self._lean = self._lean_lists()
-        return [p for p, _ in pinned]
+        return pinned
 
     def _direct_group(self) -> dict | None:
         """The one parameter group when the direct path applies to it (fused, no amsgrad, maximize or
@@ -218,7 +235,8 @@ def active_masks(model: nn.Module, masks: Masks) -> list[tuple[nn.Parameter, tor
     missing = sorted(set(masks) - set(params))
     if missing:
         raise TaskError(f"masks name parameters the model does not have: {', '.join(missing)}")
-    return [(params[n], m.to(params[n].dtype)) for n, m in masks.items() if not bool(m.all())]
+    return [(params[n], m.to(device=params[n].device, dtype=params[n].dtype))
+            for n, m in masks.items() if not bool(m.all())]
 
 
 def fit(
@@ -246,11 +264,19 @@ def fit(
     `train_loss`, the running mean of the batches' losses), for the generalisation gap.
     `batch_at(step)` must be a pure function of the step (and the plan's data seed) so that rewinding
     to step k replays the same data order.
+
+    The model (and its data) are on `plan.device`. With `plan.precision` "bf16" or "fp16" the forward
+    passes, training and evaluation, run under autocast; weights and optimizer state stay fp32, and fp16
+    scales the loss (torch.amp.GradScaler). Where the observer offers `checkpoints` (the core's, see
+    `ticketx.checkpoint`), the whole loop state is saved when it says one is due and training resumes
+    from the last one: model, optimizer, scaler, step, RNG states, the early-stop candidate, the mean
+    training loss so far, and `loss_fn`'s own state where it has `state_dict`/`load_state_dict`.
     """
     if plan.steps <= plan.start_step:
         raise TaskError(
             f"train.steps ({plan.steps}) must exceed the rewind step ({plan.start_step})"
         )
+    devices.check_precision(plan.precision, plan.device)
     held = active_masks(model, masks)
     held_params, held_masks = [p for p, _ in held], [m for _, m in held]
     with torch.no_grad():
@@ -259,55 +285,107 @@ def fit(
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trained, plan)
     step_optimizer = getattr(optimizer, "train_step", optimizer.step)
-    pinned = {id(p) for p in optimizer.pin_zeros(held)} if isinstance(optimizer, LeanAdam) else set()
+    pinned = {id(p) for p in (optimizer.pin_zeros(held) if isinstance(optimizer, LeanAdam)
+                              else pin_zeros(optimizer, held))}
     # the masks that must still be multiplied in after each step
     multiplied = [(p, m) for p, m in held if id(p) not in pinned]
     mul_params, mul_masks = [p for p, _ in multiplied], [m for _, m in multiplied]
+    scaler = torch.amp.GradScaler("cuda") if plan.precision == "fp16" else None
+    cast = devices.autocast(plan.device, plan.precision)
     best_val, best_step, best_state = math.inf, 0, None
-    window_loss, window_steps = torch.zeros(()), 0  # mean training loss since the last evaluation
+    window_loss = torch.zeros((), device=plan.device)  # summed training loss since the last evaluation
+    window_steps, start = 0, plan.start_step
+    checkpoints = getattr(observer, "checkpoints", None)
+    resumed = checkpoints.resume() if checkpoints is not None else None
+    if resumed is not None:
+        start, best_val, best_step, window_steps = (resumed["step"], resumed["best_val"], resumed["best_step"],
+                                                    resumed["window_steps"])
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        best_state, window_loss = resumed["best_state"], resumed["window_loss"].to(plan.device)
+        if scaler is not None:
+            scaler.load_state_dict(resumed["scaler"])
+        if hasattr(loss_fn, "load_state_dict"):
+            loss_fn.load_state_dict(resumed["loss_fn"])
+        _set_rng(resumed["rng"], plan.device)
     model.train()
-    for step in range(plan.start_step, plan.steps):
-        lr = lr_at(step, plan)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = batch_at(step)
-        loss = loss_fn(model, batch)
-        for p in trained:  # optimizer.zero_grad(set_to_none=True) without its ~25 us of bookkeeping
-            p.grad = None
-        loss.backward()
-        if plan.clip_grad_norm > 0:
-            _clip_surviving(trained, held_params, held_masks, plan.clip_grad_norm)
-        step_optimizer()
-        if multiplied:
-            with torch.no_grad():
-                torch._foreach_mul_(mul_params, mul_masks)
-        window_loss += loss.detach()
-        window_steps += 1
-        done = step + 1
-        observer.on_step(done, model)
-        if done % plan.eval_every == 0 or done == plan.steps:
-            model.eval()
-            metrics = {"train_loss": float(window_loss) / window_steps, "lr": lr}
-            window_loss, window_steps = torch.zeros(()), 0
-            metrics.update(prefixed(evaluate(model, "val"), "val"))
-            val_loss = metrics["val_loss"]
-            if not math.isfinite(val_loss):
-                raise TaskError(
-                    f"validation loss became {val_loss} at step {done}: training diverged "
-                    f"(try a lower train.lr than {plan.lr} or train.warmup_steps)"
-                )
-            if val_loss < best_val:
-                best_val, best_step = val_loss, done
-                best_state = None if test_every_eval or done == plan.steps else _snapshot(model)
-            elif done == plan.steps and best_state is not None:  # the early-stop weights' test score
-                observer.on_eval(best_step, _evaluate_state(model, best_state, evaluate, score_train))
-            if test_every_eval or done == plan.steps:
-                metrics.update(prefixed(evaluate(model, "test"), "test"))
-            if score_train and done == plan.steps:
-                metrics.update(prefixed(evaluate(model, "train"), "trainset"))
-            observer.on_eval(done, metrics)
-            model.train()
+    with devices.matmul_precision(plan.device, plan.tf32):
+        for step in range(start, plan.steps):
+            lr = lr_at(step, plan)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = batch_at(step)
+            with cast:
+                loss = loss_fn(model, batch)
+            for p in trained:  # optimizer.zero_grad(set_to_none=True) without its ~25 us of bookkeeping
+                p.grad = None
+            if scaler is None:
+                loss.backward()
+                if plan.clip_grad_norm > 0:
+                    _clip_surviving(trained, held_params, held_masks, plan.clip_grad_norm)
+                step_optimizer()
+            else:
+                scaler.scale(loss).backward()
+                if plan.clip_grad_norm > 0:
+                    scaler.unscale_(optimizer)
+                    _clip_surviving(trained, held_params, held_masks, plan.clip_grad_norm)
+                scaler.step(optimizer)  # skipped where the scaled gradients overflowed
+                scaler.update()
+            if multiplied:
+                with torch.no_grad():
+                    torch._foreach_mul_(mul_params, mul_masks)
+            window_loss += loss.detach().float()
+            window_steps += 1
+            done = step + 1
+            observer.on_step(done, model)
+            if done % plan.eval_every == 0 or done == plan.steps:
+                model.eval()
+                metrics = {"train_loss": float(window_loss) / window_steps, "lr": lr}
+                window_loss, window_steps = torch.zeros((), device=plan.device), 0
+                with cast:
+                    metrics.update(prefixed(evaluate(model, "val"), "val"))
+                val_loss = metrics["val_loss"]
+                if not math.isfinite(val_loss):
+                    raise TaskError(
+                        f"validation loss became {val_loss} at step {done}: training diverged "
+                        f"(try a lower train.lr than {plan.lr} or train.warmup_steps)"
+                    )
+                if val_loss < best_val:
+                    best_val, best_step = val_loss, done
+                    best_state = None if test_every_eval or done == plan.steps else _snapshot(model)
+                elif done == plan.steps and best_state is not None:  # the early-stop weights' test score
+                    with cast:
+                        observer.on_eval(best_step, _evaluate_state(model, best_state, evaluate, score_train))
+                with cast:
+                    if test_every_eval or done == plan.steps:
+                        metrics.update(prefixed(evaluate(model, "test"), "test"))
+                    if score_train and done == plan.steps:
+                        metrics.update(prefixed(evaluate(model, "train"), "trainset"))
+                observer.on_eval(done, metrics)
+                model.train()
+            if checkpoints is not None and done < plan.steps and checkpoints.due(done):
+                checkpoints.save(done, {
+                    "step": done, "best_val": best_val, "best_step": best_step, "window_steps": window_steps,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "best_state": best_state,
+                    "window_loss": window_loss, "scaler": scaler.state_dict() if scaler is not None else None,
+                    "loss_fn": loss_fn.state_dict() if hasattr(loss_fn, "state_dict") else None,
+                    "rng": _get_rng(plan.device),
+                })
     model.eval()
+
+
+def _get_rng(device: str) -> dict[str, torch.Tensor]:
+    """The global RNG states training draws from (dropout): the CPU's, and the CUDA device's."""
+    out = {"cpu": torch.get_rng_state()}
+    if device.startswith("cuda"):
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def _set_rng(states: Mapping[str, torch.Tensor], device: str) -> None:
+    torch.set_rng_state(states["cpu"])
+    if device.startswith("cuda") and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

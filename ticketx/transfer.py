@@ -28,16 +28,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import devices, pool
 from . import masks as masklib
-from . import pool
 from . import ticket as ticketlib
 from . import config as configlib
-from .config import TransferConfig, to_dict
+from .config import TransferConfig, hashed, run_params
 from .files import write_json
 from .jobs import ArmSetup, Job, Progress, summarise
 from .task import Masks, MetricSpec, Task, check_plan, check_ticket
 from .ticket import Ticket, TicketError
-from .tracking import Tracker, flatten
+from .tracking import Tracker
 
 ARM_ORDER = {"transferred": 0, "random_ticket": 1, "masks_reinit": 2, "target_ticket": 3, "dense": 4}
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -341,7 +341,8 @@ def _identity(sources: list[Source]) -> list[dict[str, Any]]:
 
 
 def _job(c: TransferConfig, target: Task, tracker: Tracker, root: Path, experiment: str,
-         progress: Progress | None, sources: list[Source], identity: dict[str, Any], digest: str) -> Job:
+         progress: Progress | None, sources: list[Source], identity: dict[str, Any], digest: str,
+         device: str) -> Job:
     first = sources[0].ticket.meta
     src_run = str(first.get("source_run_id", ""))
     return Job(kind="transfer", name=c.name, config_hash=digest, config=identity, task=target, tracker=tracker,
@@ -349,7 +350,8 @@ def _job(c: TransferConfig, target: Task, tracker: Tracker, root: Path, experime
                tags={"ticketx.task": f"{c.task.plugin}/{c.task.name}", "ticketx.seed": str(c.seed),
                      "ticketx.source_run_id": src_run, "ticketx.source": sources[0].where,
                      "ticketx.source_task": source_task_tag(first.get("task", {}))},
-               params={**flatten(to_dict(c)), "source.levels": ",".join(str(s.level) for s in sources),
+               device=device, checkpoint_every=c.train.checkpoint_every,
+               params={**run_params(c), "source.levels": ",".join(str(s.level) for s in sources),
                        "source.ref": sources[0].where[:500], "source.run_id": src_run})
 
 
@@ -368,6 +370,7 @@ class _Work:
     experiment: str
     parent: str
     exp_id: str
+    wants_gpu: bool = False  # the job trains on CUDA: the Ray backend gives each actor a share of a GPU
 
     def build(self, progress: Progress) -> Callable[[Any], dict[str, Any]]:
         from . import plugins
@@ -375,8 +378,9 @@ class _Work:
         target = plugins.make_task(c.task.plugin, c.task.name, c.task.options, available=plugins.discover(),
                                    data_root=self.data_root)
         target.prepare()
+        device = devices.job_device(c.train.device, target, worker=pool.worker_index())
         job = _job(c, target, Tracker(self.tracker_uri), self.root, self.experiment, progress, self.sources,
-                   self.identity, self.digest)
+                   self.identity, self.digest, device)
         job.parent, job.exp_id = self.parent, self.exp_id
         return _Transfer(c, target, self.sources, {s.level: s for s in self.compare}, job).run_unit
 
@@ -399,6 +403,8 @@ def run_transfer(config: TransferConfig, target: Task, sources: list[Source], tr
         if missing:
             raise TicketError(f"--compare has no ticket at level(s) {missing}; its levels: {sorted(by_level)}")
         c = dataclasses.replace(c, arms=tuple(dict.fromkeys([*c.arms, "target_ticket"])))
+    device = devices.job_device(c.train.device, target)  # a GPU that is not there fails before any run
+    devices.check_precision(c.train.precision, device)
     target.prepare()
     model = target.build_model(c.seed)
     for s in sources:
@@ -407,20 +413,21 @@ def run_transfer(config: TransferConfig, target: Task, sources: list[Source], tr
         check_ticket(target, s.ticket, model)
     for lr in c.lrs:  # a plan the target cannot train with fails before any MLflow run exists
         check_plan(target, c.plan(0, lr=lr))
-    identity = {"config": to_dict(c), "sources": _identity(sources), "compare": _identity(list(compare))}
+    # the name and description were always part of a transfer's identity; device and checkpoint interval never
+    identity = {"config": {"name": c.name, "description": c.description, **hashed(c)}, "sources": _identity(sources), "compare": _identity(list(compare))}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     src_task = sources[0].ticket.meta.get("task", {})
     src_run = str(sources[0].ticket.meta.get("source_run_id", ""))
     note = f"{c.description}\n\nTickets from `{', '.join(s.where for s in sources)}`"
     if src_run and tracker.exists(src_run):
         note += f" (find run [{src_run}](#/experiments/{tracker.get_run(src_run).info.experiment_id}/runs/{src_run}))"
-    job = _job(c, target, tracker, root, experiment or c.name, progress, sources, identity, digest)
+    job = _job(c, target, tracker, root, experiment or c.name, progress, sources, identity, digest, device)
     job.tags.update({"mlflow.note.content": note})
     job.open()
     try:
         transfer = _Transfer(c, target, sources, by_level, job)
         work = _Work(c, sources, tuple(compare), identity, digest, data_root, tracker.uri, Path(root),
-                     job.experiment, job.parent, job.exp_id)
+                     job.experiment, job.parent, job.exp_id, device.startswith("cuda"))
         records = list(pool.run(transfer.units(), transfer.run_unit, work, workers=workers,
                                 progress=job.progress, threads=torch.get_num_threads(),
                                 backend=backend).values())
