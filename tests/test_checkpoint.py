@@ -12,6 +12,7 @@ import tomllib
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from ticketx import checkpoint as ck
 from ticketx import config as C
@@ -65,10 +66,12 @@ def test_a_damaged_checkpoint_is_a_checkpoint_error(tmp_path):
         ck.read(path)
 
 
-def test_fit_resumes_from_a_checkpoint_exactly(tmp_path, tracker, experiment):
+@pytest.mark.parametrize("arm,rewind", [("ticket", 0), ("dense", 100)])
+def test_fit_resumes_from_a_checkpoint_exactly(tmp_path, tracker, experiment, arm, rewind):
     """In process: an arm stopped after its checkpoint at step 200 and resumed gives the uninterrupted
-    arm's weights and metrics to the last bit (dropout, so the RNG state is part of it)."""
-    cfg = C.from_dict(C.apply_overrides(tomllib.loads(RECIPE), ["task.dropout=0.3"]))
+    arm's weights and metrics to the last bit (dropout, so the RNG state is part of it); the dense arm
+    stopped after it captured θk at step 100 still saves that θk."""
+    cfg = C.from_dict(C.apply_overrides(tomllib.loads(RECIPE), ["task.dropout=0.3", f"prune.rewind_step={rewind}"]))
     whole = run_find(cfg, ToyTask("gauss", {"dropout": 0.3}), tracker, root=tmp_path / "a", experiment=experiment)
 
     class Stop(Exception):
@@ -77,7 +80,7 @@ def test_fit_resumes_from_a_checkpoint_exactly(tmp_path, tracker, experiment):
     original = ToyTask.train
 
     def stops_after_checkpoint(self, model, masks, plan, observer):
-        if observer.info["arm"] == "ticket":
+        if observer.info["arm"] == arm:
             save = observer.checkpoints.save
 
             def save_then_stop(step, state):
@@ -96,10 +99,13 @@ def test_fit_resumes_from_a_checkpoint_exactly(tmp_path, tracker, experiment):
         ToyTask.train = original
     resumed = run_find(cfg, ToyTask("gauss", {"dropout": 0.3}), tracker, root=tmp_path / "b",
                        experiment=experiment + "b")
-    ticket = [r for r in resumed.records if r["arm"] == "ticket"][0]
-    assert ticket["resumed_at"] == 200
+    stopped = [r for r in resumed.records if r["arm"] == arm][0]
+    assert stopped["resumed_at"] == 200
     keep = ("level", "arm", "early_stop_step", "at_early_stop", "final", "movement")
     assert [{k: r[k] for k in keep} for r in resumed.records] == [{k: r[k] for k in keep} for r in whole.records]
+    for name in ("r0/rewind.safetensors", "r0/L00/trained.safetensors", "r0/L01/trained.safetensors"):
+        a, b = load_file(str(whole.job_dir / name)), load_file(str(resumed.job_dir / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert not list(resumed.job_dir.rglob("*.ckpt.safetensors"))  # deleted once each arm finished
 
 

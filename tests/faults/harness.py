@@ -39,6 +39,7 @@ steps = 20
 batch_size = 32
 lr = 0.01
 eval_every = 10
+checkpoint_every = 5  # kills inside an arm's MLflow logging resume it from a checkpoint, in the same run
 [prune]
 levels = 2
 rate = 0.5
@@ -186,11 +187,12 @@ def job_dir(root: Path) -> Path:
 
 
 def results(root: Path) -> list[dict[str, Any]] | None:
-    """The job's results.json, without what differs between runs of the same job (run ids, seconds)."""
+    """The job's results.json, without what differs between runs of the same job (run ids, seconds, the
+    step an arm resumed from)."""
     files = list(Path(root).glob("*/results.json"))
     if len(files) != 1:
         return None
-    return [{k: v for k, v in r.items() if k not in ("run_id", "seconds")}
+    return [{k: v for k, v in r.items() if k not in ("run_id", "seconds", "resumed_at")}
             for r in json.loads(files[0].read_text())]
 
 
