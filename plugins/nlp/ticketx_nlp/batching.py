@@ -11,11 +11,14 @@ dropout), so a run rewound to step k reads exactly what the run it rewinds read 
 The state is carried between consecutive windows of an epoch and detached (truncated BPTT). It starts at
 zero at the first window of every epoch, and at the first step a run trains (a rewound run starts from a
 zero state at step k, since the state the dense run had there came from other weights).
+
+Everything stays on the device of the id stream (the training device): the batchified matrix, each
+window (a slice of it) and the carried state, which the model returns where it runs.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -42,10 +45,11 @@ def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 class StreamBatches:
-    """Training windows of a token stream: `batches(step)` is a pure function of `step`."""
+    """Training windows of a token stream: `batches(step)` is a pure function of `step`. The windows are
+    slices of the batchified stream, on the device of `ids`."""
 
     def __init__(self, ids: torch.Tensor, batch_size: int, bptt: int) -> None:
-        self.data = batchify(ids, batch_size)  # (rows, B)
+        self.data = batchify(ids, batch_size)  # (rows, B), on ids' device
         self.bptt = bptt
         self.per_epoch = (self.data.shape[0] - 1) // bptt  # whole windows per epoch
         if self.per_epoch < 1:
@@ -70,16 +74,30 @@ class CarriedStateLoss:
 
     One object per training run: it remembers the (detached) state after the last window it saw, and uses
     it only when the next batch is the following window of the same epoch, so the result depends on the
-    batches alone, not on how often or in which order it is called.
+    batches alone, not on how often or in which order it is called. The state stays where the model
+    computed it (the training device). `state_dict` / `load_state_dict` let the core's checkpoints carry it
+    across a resumed run, so the window after a checkpoint starts from the state it would have had.
     """
 
     def __init__(self) -> None:
         self.state: State | None = None
         self.last: tuple[int, int] | None = None  # (epoch, window) of the state kept
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "last": None if self.last is None else list(self.last)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        h = state.get("state")
+        self.state = None if h is None else (h[0], h[1])  # moved to the batches' device when first used
+        last = state.get("last")
+        self.last = None if last is None else (int(last[0]), int(last[1]))
+
     def __call__(self, model: nn.Module, batch: StreamBatch) -> torch.Tensor:
         follows = self.last == (batch.epoch, batch.window - 1)
-        logits, state = model(batch.inputs, self.state if follows else None)  # (T, B, V)
+        state = self.state if follows else None
+        if state is not None and state[0].device != batch.inputs.device:  # a checkpoint's, read on the CPU
+            state = (state[0].to(batch.inputs.device), state[1].to(batch.inputs.device))
+        logits, state = model(batch.inputs, state)  # (T, B, V)
         self.state = (state[0].detach(), state[1].detach())  # truncated BPTT: no gradient across windows
         self.last = (batch.epoch, batch.window)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1))
@@ -91,7 +109,8 @@ def evaluate_stream(model: LSTMLanguageModel, ids: torch.Tensor, *, batch_size: 
 
     The stream is cut into `batch_size` columns (the last N mod B tokens dropped) and read window by
     window, the last window possibly shorter, so every token but the first of each column is predicted
-    exactly once; the loss is the mean over those predictions.
+    exactly once; the loss is the mean over those predictions. `ids` must be on the model's device; the
+    sum is accumulated there and read once, at the end.
     """
     was_training = model.training
     model.eval()
@@ -99,7 +118,7 @@ def evaluate_stream(model: LSTMLanguageModel, ids: torch.Tensor, *, batch_size: 
     if data.shape[0] < 2:
         raise TaskError(f"an evaluation split of {ids.shape[0]} tokens is too short for task.eval_batch_size "
                         f"{batch_size} (needs at least {2 * batch_size} tokens)")
-    total, count, state = torch.zeros((), dtype=torch.float64), 0, None
+    total, count, state = torch.zeros((), dtype=torch.float64, device=ids.device), 0, None
     for i in range(0, data.shape[0] - 1, bptt):
         n = min(bptt, data.shape[0] - 1 - i)
         logits, state = model(data[i : i + n], state)  # (n, B, V)

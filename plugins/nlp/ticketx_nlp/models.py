@@ -6,7 +6,7 @@ matrix, pruned over all four gates together. On CPU nn.LSTM reads these very Par
 (its `_flat_weights` list holds references to them), so the core's in-place multiply by the mask after
 each optimizer step is what the next forward pass sees (tested: test_nlp_models.py). On CUDA, cuDNN's
 `flatten_parameters()` re-points the Parameters into one flat buffer, so an in-place multiply should reach
-it as well; untested here (the core trains on CPU and the build machines have no GPU).
+it as well; untested here (the build machines have no GPU).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class LSTMClassifier(nn.Module):
         x = x[:, : int(lengths.max())].clamp(min=0)  # (B, L') trimmed to the batch's longest sentence
         out, _ = self.rnn(self.drop(self.encoder(x)))  # (B, L', H)
         # a unidirectional LSTM's output at the last real token never saw the padding after it
-        last = out[torch.arange(x.shape[0]), lengths - 1]  # (B, H)
+        last = out[torch.arange(x.shape[0], device=x.device), lengths - 1]  # (B, H)
         return self.classifier(self.drop(last))
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ticketx.devices import rng_devices
 from ticketx.task import DataError, Masks, MetricSpec, Observer, Plan, TaskError
 from ticketx.training import EpochBatches, cross_entropy_loss, evaluate_classifier, fit, prefixed
 
@@ -96,6 +97,26 @@ class LMData:
     test: torch.Tensor
     source: str
 
+    def to(self, device: torch.device) -> LMData:
+        """The streams on `device`: one copy each."""
+        return replace(self, train=self.train.to(device), valid=self.valid.to(device), test=self.test.to(device))
+
+
+def on_device(task: LanguageModelTask | ClassifyTask, device: torch.device | str) -> Any:
+    """`task.data()` on `device`: the CPU's own object there, else a copy made once per task and device."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device.type == "cpu":
+        return task.data()
+    if device not in task._on_device:
+        task._on_device[device] = task.data().to(device)
+    return task._on_device[device]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
 
 class LanguageModelTask:
     """word_lm / char_lm: an LSTM language model on a corpus, scored by perplexity (lower is better)."""
@@ -108,6 +129,7 @@ class LanguageModelTask:
         self.name, self.options, self.data_root = name, options.checked_for(name), data_root
         self.kind = "word" if name == "word_lm" else "char"
         self._data: LMData | None = None  # loaded on first use, once per task object
+        self._on_device: dict[torch.device, LMData] = {}  # copies on training devices, made once each
 
     def spec(self) -> dict[str, Any]:
         """Plugin, task, options, and the vocabulary (saved with every ticket)."""
@@ -139,11 +161,12 @@ class LanguageModelTask:
         return {"encoder.weight", "decoder.bias"} | (set() if m.tied else {"decoder.weight"})
 
     def train(self, model: nn.Module, masks: Masks, plan: Plan, observer: Observer) -> None:
-        """Truncated BPTT over the training stream with `ticketx.training.fit`, masks held."""
-        batches = StreamBatches(self.data().train, plan.batch_size, self.options.bptt)
-        # dropout draws from the global RNG: seed a fork of it from the plan (as the vision plugin does)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(plan.data_seed * 1_000_003 + plan.start_step)
+        """Truncated BPTT over the training stream with `ticketx.training.fit`, masks held, on `plan.device`
+        (the stream is copied there once per task; windows and the carried state stay there)."""
+        batches = StreamBatches(on_device(self, plan.device).train, plan.batch_size, self.options.bptt)
+        # dropout draws from the global RNG (the device's, on CUDA): seed a fork of it from the plan
+        with torch.random.fork_rng(devices=rng_devices(plan.device)):
+            torch.manual_seed(plan.data_seed * 1_000_003 + plan.start_step)  # seeds CUDA's too
             # batches are StreamBatch tuples (inputs, targets, epoch, window); fit hands them to the loss only
             fit(model, masks, plan, observer, batch_at=batches, loss_fn=CarriedStateLoss(),  # type: ignore[arg-type]
                 evaluate=self._evaluate_split)
@@ -183,7 +206,7 @@ class LanguageModelTask:
         return self._data
 
     def _evaluate_split(self, model: nn.Module, split: str) -> dict[str, float]:
-        d = self.data()
+        d = on_device(self, model_device(model))
         ids = d.valid if split == "val" else d.test
         return evaluate_stream(_as(model, LSTMLanguageModel), ids, batch_size=self.options.eval_batch_size,
                                bptt=self.options.bptt)
@@ -202,6 +225,11 @@ class ClassifyData:
     test_y: torch.Tensor
     classes: int
     source: str
+
+    def to(self, device: torch.device) -> ClassifyData:
+        """The encoded splits on `device`: one copy each."""
+        moved = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
+        return replace(self, **moved)
 
 
 def encode_sentences(vocab: Vocab, sentences: Sequence[Sequence[str]], max_len: int) -> torch.Tensor:
@@ -222,6 +250,7 @@ class ClassifyTask:
     def __init__(self, name: str, options: ClassifyOptions, *, data_root: Path) -> None:
         self.name, self.options, self.data_root = name, options.checked_for(name), data_root
         self._data: ClassifyData | None = None
+        self._on_device: dict[torch.device, ClassifyData] = {}  # copies on training devices, made once each
 
     def spec(self) -> dict[str, Any]:
         """Plugin, task, options, and the vocabulary (saved with every ticket)."""
@@ -250,10 +279,11 @@ class ClassifyTask:
         return out if self.options.transfer_embeddings else out | {"encoder.weight"}
 
     def train(self, model: nn.Module, masks: Masks, plan: Plan, observer: Observer) -> None:
-        """Minibatches of sentences by a seeded permutation per epoch, with `ticketx.training.fit`."""
-        d = self.data()
+        """Minibatches of sentences by a seeded permutation per epoch, with `ticketx.training.fit`, gathered
+        on `plan.device` (the encoded splits are copied there once per task)."""
+        d = on_device(self, plan.device)
         batches = EpochBatches(d.train_x, d.train_y, plan.batch_size, plan.data_seed)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=rng_devices(plan.device)):
             torch.manual_seed(plan.data_seed * 1_000_003 + plan.start_step)
             fit(model, masks, plan, observer, batch_at=batches, loss_fn=cross_entropy_loss,
                 evaluate=self._evaluate_split)
@@ -302,7 +332,7 @@ class ClassifyTask:
                             test_x=test_x, test_y=test_y, classes=splits.classes, source=splits.source)
 
     def _evaluate_split(self, model: nn.Module, split: str) -> dict[str, float]:
-        d = self.data()
+        d = on_device(self, model_device(model))
         x, y = (d.val_x, d.val_y) if split == "val" else (d.test_x, d.test_y)
         return evaluate_classifier(model, x, y, batch_size=500)
 

@@ -31,6 +31,7 @@ from stable_baselines3.dqn.policies import DQNPolicy
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from ticketx.devices import rng_devices
 from ticketx.task import Masks, Plan, TaskError
 from ticketx.training import lr_at
 
@@ -148,7 +149,8 @@ def rollout_size(algorithm: str, o: RLOptions) -> int:
 
 def build_algorithm(algorithm: str, o: RLOptions, plan: Plan) -> BaseAlgorithm:
     """A fresh stable-baselines3 algorithm on `o.env` for `plan`: its environments and exploration seeded
-    by `plan.data_seed`, the learning rate following the plan's schedule over env steps."""
+    by `plan.data_seed`, the learning rate following the plan's schedule over env steps, its policy on
+    `plan.device` (the CPU unless train.device names a GPU: RLTask.default_device)."""
     check_plan(algorithm, o, plan)
     kwargs = o.sb3_kwargs(algorithm)
     linear = o.schedule == "linear"
@@ -167,7 +169,7 @@ def build_algorithm(algorithm: str, o: RLOptions, plan: Plan) -> BaseAlgorithm:
         kwargs["batch_size"] = plan.batch_size  # a2c has no minibatch: one update per whole rollout
     env = make_vec_env(o.env, n_envs=o.n_envs, seed=plan.data_seed, vec_env_cls=DummyVecEnv)
     algo = ALGORITHM_CLASSES[algorithm](
-        "MlpPolicy", env, learning_rate=learning_rate, seed=plan.data_seed, device="cpu", verbose=0,
+        "MlpPolicy", env, learning_rate=learning_rate, seed=plan.data_seed, device=plan.device, verbose=0,
         policy_kwargs={**policy_kwargs(algorithm, o), **_optimizer(algorithm, plan)}, **kwargs,
     )
     # a logger with no outputs: stable-baselines3's default leaves an empty /tmp/SB3-<time> folder per learn()
@@ -201,13 +203,14 @@ def hold_masks(policy: BasePolicy, masks: Masks) -> RemovableHandle:
 
 
 @contextmanager
-def isolated_rng() -> Iterator[None]:
-    """Restore Python's, NumPy's and torch's global RNG states afterwards: stable-baselines3 seeds them."""
-    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+def isolated_rng(device: str = "cpu") -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's global RNG states afterwards, the CUDA RNG of `device` too
+    where it is a GPU: stable-baselines3 seeds them (torch.manual_seed seeds every CUDA device's)."""
+    py, npy = random.getstate(), np.random.get_state()
     try:
-        yield
+        with torch.random.fork_rng(devices=rng_devices(device)):
+            yield
     finally:
         random.setstate(py)
         np.random.set_state(npy)
-        torch.set_rng_state(th)
 

@@ -32,6 +32,10 @@ class RLTask:
     # the return of the deterministic policy; the early-stopping evaluation is the best validation return
     metrics = MetricSpec(primary="return", higher_is_better=True, early_stop="val_return",
                          early_stop_higher_is_better=True)
+    # where train.device "auto" puts this task (the core reads it): the CPU, as stable-baselines3 advises
+    # for A2C / PPO with MLP policies, which use a GPU poorly (plugins/rl/README.md, "Devices"); a
+    # train.device that names a GPU still puts the policy there
+    default_device = "cpu"
 
     def __init__(self, algorithm: str, options: RLOptions) -> None:
         if algorithm not in ALGORITHMS:
@@ -96,7 +100,7 @@ class RLTask:
         back into `model`. Global RNG states are left as they were."""
         o = self.options
         self.spaces()
-        with agents.isolated_rng():
+        with agents.isolated_rng(plan.device):
             algo = agents.build_algorithm(self.algorithm, o, plan)
             val = envs.Evaluator(o.env, range(o.val_seed, o.val_seed + o.eval_episodes))
             test = envs.Evaluator(o.env, range(o.test_seed, o.test_seed + o.eval_episodes))

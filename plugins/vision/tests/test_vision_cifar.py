@@ -203,9 +203,10 @@ def test_train_resnet20_with_augmentation_and_a_mask(
     calls: list[tuple[int, ...]] = []
     real = vtask.random_crop_flip
 
-    def spy(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def spy(x: torch.Tensor, g: torch.Generator, **kwargs: object) -> torch.Tensor:
         calls.append(tuple(x.shape))
-        return real(x, g)
+        assert x.dtype == torch.float32  # normalised before the crop: the zero padding is the mean
+        return real(x, g, **kwargs)
 
     monkeypatch.setattr(vtask, "random_crop_flip", spy)
     task = VisionPlugin().make_task("cifar10", {"model": "resnet20", "val_size": 10}, data_root=root)

@@ -77,8 +77,10 @@ def test_colour_and_alpha_make_three_channels(tmp_path: Path) -> None:
     Image.new("RGBA", (8, 8), (255, 0, 0, 128)).save(folder / "test" / "square" / "red.png")
     s = task(tmp_path, path="shapes").splits()
     assert s.train_x.shape[1] == 3 and s.test_x.shape == (7, 3, 8, 8)
-    raw = (s.test_x[-1] * torch.tensor(s.std)[:, None, None] + torch.tensor(s.mean)[:, None, None]).round()
-    assert raw[:, 0, 0].tolist() == [255.0, 0.0, 0.0]  # alpha dropped, colour kept
+    assert s.test_x[-1][:, 0, 0].tolist() == [255, 0, 0]  # alpha dropped, colour kept (stored as uint8)
+    norm = s.normalise(s.test_x[-1:])[0]
+    raw = (norm * torch.tensor(s.std)[:, None, None] + torch.tensor(s.mean)[:, None, None]).round()
+    assert raw[:, 0, 0].tolist() == [255.0, 0.0, 0.0]
     assert s.std[0] == pytest.approx(s.std[1])  # the grey images became equal R, G and B
 
 

@@ -28,12 +28,15 @@ def mnist(data_root: Path) -> VisionTask:
 
 def test_slice_shapes_and_normalisation(mnist: VisionTask) -> None:
     s = mnist.splits()
-    assert s.train_x.shape == (2000, 1, 28, 28) and s.train_x.dtype == torch.float32
+    assert s.train_x.shape == (2000, 1, 28, 28) and s.train_x.dtype == torch.uint8  # held as stored
     assert s.val_x.shape == (500, 1, 28, 28) and s.test_x.shape == (1000, 1, 28, 28)
     assert s.train_y.dtype == torch.int64 and s.train_y.shape == (2000,)
     assert s.mean[0] == pytest.approx(0.1307 * 255, abs=0.5)  # MNIST's well-known mean, in 0..255
     assert s.std[0] == pytest.approx(0.3081 * 255, abs=0.5)
-    assert abs(s.train_x.mean().item()) < 0.05 and s.train_x.std().item() == pytest.approx(1.0, abs=0.05)
+    x = s.normalise(s.train_x)
+    assert x.dtype == torch.float32
+    assert abs(x.mean().item()) < 0.05 and x.std().item() == pytest.approx(1.0, abs=0.05)
+    assert torch.equal(mnist.example_inputs(7), s.normalise(s.test_x[:7]))
     assert set(s.train_y.unique().tolist()) == set(range(10))
     assert mnist.splits() is s  # loaded once
 
@@ -41,9 +44,8 @@ def test_slice_shapes_and_normalisation(mnist: VisionTask) -> None:
 def test_validation_comes_from_the_training_set(mnist: VisionTask, data_root: Path) -> None:
     s = mnist.splits()
 
-    def rows(x: torch.Tensor) -> set[bytes]:  # undo the normalisation, back to the stored bytes
-        raw = (x * s.std[0] + s.mean[0]).round().clamp(0, 255).to(torch.uint8).flatten(1)
-        return {bytes(r.numpy()) for r in raw}
+    def rows(x: torch.Tensor) -> set[bytes]:  # the stored bytes of each image
+        return {bytes(r.numpy()) for r in x.flatten(1)}
 
     raw_train = datasets.MNIST(str(data_root), train=True).data.flatten(1)
     raw_test = datasets.MNIST(str(data_root), train=False).data.flatten(1)
@@ -175,4 +177,4 @@ def test_image_size_resizes_a_builtin_dataset(tmp_path: Path) -> None:
     task = VisionPlugin().make_task("mnist", {"val_size": 2, "image_size": 28}, data_root=tmp_path)
     s = task.splits()
     assert s.train_x.shape == (10, 1, 28, 28) and s.test_x.shape == (4, 1, 28, 28)
-    assert task.build_model(0)(s.val_x).shape == (2, 10)
+    assert task.build_model(0)(s.normalise(s.val_x)).shape == (2, 10)

@@ -29,6 +29,10 @@ class VisionOptions:
     path: str = ""  # imagefolder only: folder with train/ and test/; relative paths are under the data root
     image_size: int = 0  # 0 = as stored; else resize every image to image_size x image_size
     score_train: bool = True  # score the whole training split at the end too (the generalisation gap)
+    # convolutional models in torch.channels_last (NHWC) memory format while they train: "auto" (where it
+    # is faster and changes no earlier result; see task.use_channels_last), true or false. Left out of
+    # `as_dict` (the spec saved in tickets) at its default, so specs of earlier recipes stay as they were
+    channels_last: bool | str = "auto"
 
     def __post_init__(self) -> None:
         _check_type("model", self.model, (str,), "a string")
@@ -61,6 +65,11 @@ class VisionOptions:
         _check_type("download", self.download, (bool,), "true or false")
         _check_type("score_train", self.score_train, (bool,), "true or false")
         _check_type("path", self.path, (str,), "a string (a folder)")
+        if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
+            raise TaskError(
+                f"task.channels_last must be true, false or \"auto\", got {self.channels_last!r} "
+                f"({type(self.channels_last).__name__})"
+            )
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any], *, task: str) -> VisionOptions:
@@ -90,8 +99,12 @@ class VisionOptions:
         return replace(self, augment=augment)
 
     def as_dict(self) -> dict[str, Any]:
-        """Every field, JSON-able."""
-        return asdict(self)
+        """Every field, JSON-able; `channels_last` only where it is not "auto" (options added after
+        tickets were saved are left out at their default, so earlier specs are unchanged)."""
+        out = asdict(self)
+        if out["channels_last"] == "auto":
+            del out["channels_last"]
+        return out
 
 
 def _check_type(name: str, value: Any, allowed: tuple[type, ...], what: str) -> None:
