@@ -110,6 +110,9 @@ def check_plan(algorithm: str, o: RLOptions, plan: Plan) -> None:
     if plan.optimizer == "sgd" and plan.nesterov and plan.momentum <= 0:
         raise TaskError("train.nesterov needs train.momentum > 0 (torch's SGD), got momentum "
                         f"{plan.momentum:g}")
+    if plan.precision == "fp16":
+        raise TaskError("train.precision 'fp16' needs a gradient scaler, which stable-baselines3's training loop "
+                        "does not have; use 'bf16' or 'fp32' for rl tasks")
     if plan.clip_grad_norm > 0:
         raise TaskError(f"train.clip_grad_norm ({plan.clip_grad_norm:g}) is not used by rl tasks: "
                         f"stable-baselines3 clips the gradient norm itself, at task.max_grad_norm "

@@ -20,6 +20,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
+from ticketx import devices
 from ticketx.task import Masks, MetricSpec, Observer, Plan, TaskError
 
 from . import agents, envs
@@ -114,6 +115,8 @@ class RLTask:
                     # a rewound dqn starts with an empty replay buffer: warm it up as the dense run did
                     algo.learning_starts += plan.start_step
                 reporter = _Reporter(observer, val, test, plan)
+                if plan.precision != "fp32":  # the updates only: rollouts go to numpy buffers, which take no bf16
+                    algo.train = _in_autocast(algo.train, plan)  # type: ignore[method-assign]
                 try:
                     algo.learn(total_timesteps=plan.steps - plan.start_step, callback=reporter,
                                reset_num_timesteps=False)
@@ -142,6 +145,14 @@ class RLTask:
             finally:
                 ev.close()
         return out
+
+
+def _in_autocast(update: Any, plan: Plan) -> Any:
+    """An algorithm's `train` (its gradient updates) run under the plan's autocast."""
+    def train(*args: Any, **kwargs: Any) -> Any:
+        with devices.autocast(plan.device, plan.precision):
+            return update(*args, **kwargs)
+    return train
 
 
 def _summary(split: str, returns: np.ndarray) -> dict[str, float]:
