@@ -16,7 +16,7 @@ def random_crop_flip(
     ResNet. `x` is (B, C, H, W), already normalised, so the zero padding is each channel's mean. Offsets
     and flips come from `generator` alone, a CPU generator: the same generator state gives the same batch
     on every device. The B offsets and flips are drawn on the CPU and copied to `x`'s device in one small
-    copy; the padding and the gather run where `x` is. The result is in `memory_format` (the gather makes
+    asynchronous copy; the padding and the gather run where `x` is. The result is in `memory_format` (the gather makes
     it channels-last ordered, so torch.channels_last costs no copy).
     """
     b, _, h, w = x.shape
@@ -25,7 +25,11 @@ def random_crop_flip(
     dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)  # (B,) crop's top row
     dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator)  # (B,) crop's left column
     flip = torch.randint(0, 2, (b,), generator=generator)  # (B,) 1: flip
-    draws = torch.stack((dy, dx, flip)).to(device)  # (3, B): one host-to-device copy (none on the CPU)
+    draws = torch.stack((dy, dx, flip))  # (3, B)
+    if device.type == "cuda":  # one small copy, from pinned memory so that it does not wait for the GPU
+        draws = draws.pin_memory().to(device, non_blocking=True)  # torch keeps the block until it is done
+    else:
+        draws = draws.to(device)
     dy, dx, flip = draws[0], draws[1], draws[2].bool()
     rows = dy[:, None] + torch.arange(h, device=device)  # (B, H)
     cols = torch.arange(w, device=device).expand(b, w)  # (B, W)
