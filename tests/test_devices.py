@@ -213,3 +213,28 @@ def test_training_on_cuda_keeps_masks_exact(precision, tmp_path, tracker, experi
     assert {r["device"] for r in result.records} == {"cuda:0"}
     dense = [r for r in result.records if r["arm"] == "dense"][0]
     assert dense["at_early_stop"]["test_accuracy"] > 0.5
+
+
+def test_out_of_memory_is_one_line_naming_arm_batch_and_device_and_the_job_resumes(tmp_path, tracker, experiment,
+                                                                                  monkeypatch):
+    original = ToyTask.train
+
+    def runs_out(self, model, masks, plan, observer):
+        if observer.info["arm"] == "random_reinit":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, model, masks, plan, observer)
+
+    monkeypatch.setattr(ToyTask, "train", runs_out)
+    with pytest.raises(Exception) as e:
+        run_find(cfg("train.device=cpu"), ToyTask("gauss", {}), tracker, root=tmp_path, experiment=experiment)
+    message = str(e.value)
+    assert type(e.value).__name__ == "TaskError" and "\n" not in message
+    assert message.startswith("L01 random_reinit r0: out of memory on cpu at train.batch_size 32 (fp32)")
+    runs = tracker.client.search_runs([tracker.experiment(experiment)], max_results=100)
+    assert {r.data.tags.get("ticketx.arm"): r.info.status for r in runs if "ticketx.arm" in r.data.tags}[
+        "random_reinit"] == "FAILED"
+    monkeypatch.setattr(ToyTask, "train", original)
+    again = run_find(cfg("train.device=cpu"), ToyTask("gauss", {}), tracker, root=tmp_path, experiment=experiment)
+    assert sorted(r["arm"] for r in again.records) == ["dense", "random_prune", "random_reinit", "ticket"]
+    live = tracker.client.search_runs([again.experiment_id], max_results=100)
+    assert len(live) == 1 + 4 and {r.info.status for r in live} == {"FINISHED"}
