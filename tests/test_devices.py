@@ -238,3 +238,15 @@ def test_out_of_memory_is_one_line_naming_arm_batch_and_device_and_the_job_resum
     assert sorted(r["arm"] for r in again.records) == ["dense", "random_prune", "random_reinit", "ticket"]
     live = tracker.client.search_runs([again.experiment_id], max_results=100)
     assert len(live) == 1 + 4 and {r.info.status for r in live} == {"FINISHED"}
+
+
+def test_default_workers_on_cuda_are_two_per_gpu_the_job_may_use(monkeypatch):
+    from ticketx import cli
+    monkeypatch.setattr(devices, "gpu_count", lambda: 3)
+    monkeypatch.setattr(pool, "default_workers", lambda: 16)
+    assert cli._workers(None, "local", cfg("train.device=cuda"), None) == 6
+    assert cli._workers(None, "local", cfg("train.device='cuda:1'"), None) == 2  # one GPU for every worker
+    assert cli._workers(None, "local", cfg("train.device=cpu"), None) == 16
+    assert cli._workers(5, "local", cfg("train.device=cuda"), None) == 5  # --workers wins
+    monkeypatch.setattr(pool, "default_workers", lambda: 4)
+    assert cli._workers(None, "local", cfg("train.device=auto"), None) == 4  # never more than the cores

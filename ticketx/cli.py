@@ -43,11 +43,23 @@ def _errors() -> tuple[type[BaseException], ...]:
             ReportError, AnalysisError, FileWriteError)
 
 
-def _workers(option: int | None, backend: str = "local") -> int:
+GPU_WORKERS = 2  # default arms per GPU (benchmarks/gpu.py times 1 against 2; not yet run on a GPU)
+
+
+def _workers(option: int | None, backend: str = "local", cfg: Any = None, task: Any = None) -> int:
+    """--workers, else one per core; on CUDA, GPU_WORKERS per GPU the job may use (at most one per core)."""
     from .pool import default_workers
     if backend == "ray":
         return option or 0  # 0: one worker per CPU of the cluster
-    return option or default_workers()
+    if option:
+        return option
+    if cfg is not None:
+        from . import devices
+        spec = cfg.train.device
+        if devices.job_device(spec, task).startswith("cuda"):
+            gpus = 1 if spec.startswith("cuda:") else devices.gpu_count()  # cuda:N pins every worker to one
+            return max(1, min(default_workers(), GPU_WORKERS * gpus))
+    return default_workers()
 
 
 def _backend(name: str, address: str | None) -> Any:
@@ -189,7 +201,7 @@ def _job_options(command: Any) -> Any:
                      envvar="TICKETX_OUT", help="where job folders (tickets, results) are written"),
         click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="one-thread processes training arms side by side [default: the number of cores; "
-                          "with --backend ray, the cluster's CPUs]"),
+                          "on CUDA, 2 per GPU; with --backend ray, the cluster's CPUs]"),
         click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                      envvar="TICKETX_BACKEND", help="where arms run: this machine's process pool, or Ray "
                                                     '(pip install "ticketx[ray]")'),
@@ -226,7 +238,7 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
                    f"on {where}; MLflow store {tracker.uri}")
         result = findlib.run_find(cfg, task, tracker, root=out, experiment=experiment,
                                   progress=_Printer(task.metrics.primary, task.metrics.early_stop),
-                                  workers=_workers(workers, backend), backend=_backend(backend, address),
+                                  workers=_workers(workers, backend, cfg, task), backend=_backend(backend, address),
                                   data_root=resolve_data_root(data_root))
     except _errors() as e:
         raise click.ClickException(str(e)) from None
@@ -284,7 +296,7 @@ def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str |
         result = transferlib.run_transfer(cfg, task, sources, tracker, root=out, compare=compare,
                                           experiment=experiment,
                                           progress=_Printer(task.metrics.primary, task.metrics.early_stop),
-                                          workers=_workers(workers, backend),
+                                          workers=_workers(workers, backend, cfg, task),
                                           backend=_backend(backend, address), data_root=resolve_data_root(data_root))
     except _errors() as e:
         raise click.ClickException(str(e)) from None

@@ -13,6 +13,7 @@ starts and the model back to the CPU when it ends, so tickets and trained weight
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -20,8 +21,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import dataclasses
 
 import torch
 from safetensors.torch import save_file
