@@ -336,32 +336,19 @@ def summarise(result: Mapping[str, Any]) -> dict[str, Any]:
 # LeanAdam against torch.optim.Adam(fused=True), through fit
 
 
-@contextlib.contextmanager
-def public_adam(made: list[str]) -> Iterator[None]:
-    """`fit` with torch.optim.Adam(fused=True) where it would make `LeanAdam` (the names of the optimizers
-    made are appended to `made`)."""
-    original = training.make_optimizer
-
-    def make(params: list[nn.Parameter], plan: Plan) -> torch.optim.Optimizer:
-        opt = torch.optim.Adam(params, lr=plan.lr, weight_decay=plan.weight_decay, fused=True,
-                               decoupled_weight_decay=plan.optimizer == "adamw")
-        made.append(type(opt).__name__)
-        return opt
-
-    training.make_optimizer = make
-    try:
-        yield
-    finally:
-        training.make_optimizer = original
+def _public_adam(params: list[nn.Parameter], plan: Plan) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=plan.lr, weight_decay=plan.weight_decay, fused=True,
+                            decoupled_weight_decay=plan.optimizer == "adamw")
 
 
 @contextlib.contextmanager
-def recording(made: list[str]) -> Iterator[None]:
-    """`fit` as it is, the names of the optimizers it makes appended to `made`."""
+def optimizer_made(made: list[str], public: bool) -> Iterator[None]:
+    """`fit` as it is (`public` false: `LeanAdam` on the CPU), or with torch.optim.Adam(fused=True) where
+    it would make `LeanAdam`; the names of the optimizers made are appended to `made`."""
     original = training.make_optimizer
 
     def make(params: list[nn.Parameter], plan: Plan) -> torch.optim.Optimizer:
-        opt = original(params, plan)
+        opt = _public_adam(params, plan) if public else original(params, plan)
         made.append(type(opt).__name__)
         return opt
 
@@ -386,7 +373,7 @@ def measure_adam(*, rounds: int, steps: int, data_root: Path, gate: QuietGate,
     def run(o: str, d: str, n: int) -> Timing:
         plan = Plan(steps=n, batch_size=spec.batch, optimizer="adam", lr=spec.lr, eval_every=n, device="cpu")
         clock = Clock(n)
-        with (recording(made[o]) if o == "LeanAdam" else public_adam(made[o])):
+        with optimizer_made(made[o], public=o != "LeanAdam"):
             start = time.perf_counter()
             way.task.train(models[(o, d)], masks[d], plan, clock)
             seconds = time.perf_counter() - start
@@ -397,7 +384,7 @@ def measure_adam(*, rounds: int, steps: int, data_root: Path, gate: QuietGate,
     for o in ("LeanAdam", "Adam"):
         m = way.task.build_model(0)
         plan = Plan(steps=50, batch_size=spec.batch, optimizer="adam", lr=spec.lr, eval_every=50, device="cpu")
-        with (recording(made[o]) if o == "LeanAdam" else public_adam(made[o])):
+        with optimizer_made(made[o], public=o != "LeanAdam"):
             way.task.train(m, masks["10%"], plan, Clock(50))
         same[o] = m.state_dict()
     identical = all(torch.equal(a, b) for a, b in zip(same["LeanAdam"].values(), same["Adam"].values()))

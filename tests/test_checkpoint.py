@@ -66,12 +66,19 @@ def test_a_damaged_checkpoint_is_a_checkpoint_error(tmp_path):
         ck.read(path)
 
 
-@pytest.mark.parametrize("arm,rewind", [("ticket", 0), ("dense", 100)])
-def test_fit_resumes_from_a_checkpoint_exactly(tmp_path, tracker, experiment, arm, rewind):
+# an early-bird watch whose window spans the stop at step 200 (masks at 200, 240, 280: distance 0.061), so
+# that a resumed arm without the masks from before its checkpoint would find a later iteration
+EARLY_BIRD = "prune.early_bird={every=40, window=3, distance=0.065, stop=true}"
+
+
+@pytest.mark.parametrize("arm,rewind,over", [("ticket", 0, []), ("dense", 100, []), ("dense", 0, [EARLY_BIRD])])
+def test_fit_resumes_from_a_checkpoint_exactly(tmp_path, tracker, experiment, arm, rewind, over):
     """In process: an arm stopped after its checkpoint at step 200 and resumed gives the uninterrupted
     arm's weights and metrics to the last bit (dropout, so the RNG state is part of it); the dense arm
-    stopped after it captured θk at step 100 still saves that θk."""
-    cfg = C.from_dict(C.apply_overrides(tomllib.loads(RECIPE), ["task.dropout=0.3", f"prune.rewind_step={rewind}"]))
+    stopped after it captured θk at step 100 still saves that θk; an early-bird dense arm resumes its watch
+    and stops at the same iteration."""
+    cfg = C.from_dict(C.apply_overrides(tomllib.loads(RECIPE), ["task.dropout=0.3", f"prune.rewind_step={rewind}",
+                                                                *over]))
     whole = run_find(cfg, ToyTask("gauss", {"dropout": 0.3}), tracker, root=tmp_path / "a", experiment=experiment)
 
     class Stop(Exception):
@@ -101,8 +108,10 @@ def test_fit_resumes_from_a_checkpoint_exactly(tmp_path, tracker, experiment, ar
                        experiment=experiment + "b")
     stopped = [r for r in resumed.records if r["arm"] == arm][0]
     assert stopped["resumed_at"] == 200
-    keep = ("level", "arm", "early_stop_step", "at_early_stop", "final", "movement")
-    assert [{k: r[k] for k in keep} for r in resumed.records] == [{k: r[k] for k in keep} for r in whole.records]
+    keep = ("level", "arm", "early_stop_step", "at_early_stop", "final", "movement", "early_bird_step", "steps_trained")
+    assert [{k: r.get(k) for k in keep} for r in resumed.records] == [{k: r.get(k) for k in keep} for r in whole.records]
+    if over:
+        assert stopped["early_bird_step"] == stopped["steps_trained"] == 280
     for name in ("r0/rewind.safetensors", "r0/L00/trained.safetensors", "r0/L01/trained.safetensors"):
         a, b = load_file(str(whole.job_dir / name)), load_file(str(resumed.job_dir / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -49,3 +49,24 @@ def test_mnist_ticket_transfers_to_fashion_mnist(tmp_path, tracker, experiment):
     for key, row in rows.items():
         assert row["es_test_accuracy_mean"] > 0.80, key  # every arm learns Fashion-MNIST
     assert rows[(2, "transferred")]["density"] < 0.3
+
+
+@pytest.mark.slow
+def test_criteria_at_initialisation_on_lenet_keep_the_tickets_density_and_learn(tmp_path, tracker, experiment):
+    """The criterion arms end to end on LeNet-300-100 / MNIST at a tiny budget: every arm at the ticket's
+    exact count of weights, each with its own per-layer allocation, every one learning, and inverting
+    SNIP's scores costing accuracy at 25% of weights (it keeps the weights SNIP rates least useful)."""
+    if not (DATA / "MNIST" / "raw").is_dir():
+        pytest.skip(f"MNIST not found under {DATA}")
+    arms = ["ticket", "snip", "grasp", "synflow", "magnitude_init", "random_erk", "snip:shuffled", "snip:inverted"]
+    cfg = C.load(QUICKSTART, ["replicates=1", "prune.levels=2", "train.steps=200", f"arms={arms}"])
+    task = plugins.make_task("vision", "mnist", cfg.task.options, available=plugins.discover({}), data_root=DATA)
+    result = run_find(cfg, task, tracker, root=tmp_path, experiment=experiment)
+    sizes = {n: p.numel() for n, p in task.prunable(task.build_model(0)).items()}
+    for level in (1, 2):
+        at = {r["arm"]: r for r in result.records if r["level"] == level}
+        kept = {a: sum(round(d * sizes[n]) for n, d in r["layer_density"].items()) for a, r in at.items()}
+        assert set(kept.values()) == {kept["ticket"]}, kept
+        assert all(r["at_early_stop"]["test_accuracy"] > 0.85 for a, r in at.items() if a != "snip:inverted")
+    at2 = {r["arm"]: r["at_early_stop"]["test_accuracy"] for r in result.records if r["level"] == 2}
+    assert at2["snip"] - at2["snip:inverted"] > 0.02, at2

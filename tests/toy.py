@@ -90,6 +90,12 @@ class ToyTask:
         device = next(model.parameters()).device
         return training.evaluate_classifier(model, x.to(device), y.to(device))
 
+    def scoring_batches(self, n_per_class: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return training.balanced_sample(self.train_x, self.train_y, n_per_class, seed)
+
+    def scoring_input_shape(self) -> tuple[int, ...]:
+        return (16,)
+
     def example_inputs(self, n: int) -> torch.Tensor:
         return self.splits["test"][0][:n]
 

@@ -122,18 +122,21 @@ def _table(rows: list[dict[str, Any]], primary: str, lr: bool = False) -> str:
         if f"{key}_mean" not in row:
             return "-"
         mean, std = row[f"{key}_mean"], row[f"{key}_std"]
-        if key == "early_stop_step":
+        if key in ("early_stop_step", "early_bird_step", "steps_trained"):
             return f"{mean:.0f}" + (f"±{std:.0f}" if row["replicates"] > 1 else "")
         text = _fmt(primary, mean)
         if row["replicates"] > 1:
             text += f"±{_fmt(primary, std).rstrip('%')}"
         return text
 
-    head = ["level", "density", "arm", *(["lr"] if lr else []), "early-stop it", f"val {primary}",
-            f"test {primary} @es", f"test {primary} @end"]
+    early_bird = any("steps_trained_mean" in r for r in rows)  # a job with prune.early_bird
+    head = ["level", "density", "arm", *(["lr"] if lr else []), "early-stop it",
+            *(["early-bird it", "steps"] if early_bird else []), f"val {primary}", f"test {primary} @es",
+            f"test {primary} @end"]
+    eb_cells = ("early_bird_step", "steps_trained") if early_bird else ()
     body = [[str(r["level"]), f"{100 * r['density']:.2f}%", r["arm"], *([f"{r['lr']:g}"] if lr else []),
-             cell(r, "early_stop_step"), cell(r, f"es_val_{primary}"), cell(r, f"es_test_{primary}"),
-             cell(r, f"final_test_{primary}")] for r in rows]
+             cell(r, "early_stop_step"), *(cell(r, k) for k in eb_cells), cell(r, f"es_val_{primary}"),
+             cell(r, f"es_test_{primary}"), cell(r, f"final_test_{primary}")] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -141,7 +144,8 @@ def _table(rows: list[dict[str, Any]], primary: str, lr: bool = False) -> str:
 
 
 def _gap_line(rows: list[dict[str, Any]], primary: str, higher_is_better: bool) -> str:
-    """The ticket against each control at the sparsest level, in points of the primary test metric."""
+    """The ticket against every other arm at the sparsest level (in the arms table's order), in points of
+    the primary test metric."""
     last = max((r["level"] for r in rows), default=0)
     at = {r["arm"]: r for r in rows if r["level"] == last}
     key = f"es_test_{primary}_mean"
@@ -149,13 +153,26 @@ def _gap_line(rows: list[dict[str, Any]], primary: str, higher_is_better: bool) 
         return ""
     ticket = at["ticket"][key]
     parts = []
-    for arm in ("random_reinit", "random_prune"):
-        if key in at.get(arm, {}):
+    for arm in at:
+        if arm != "ticket" and key in at[arm]:
             diff = (ticket - at[arm][key]) * (1 if higher_is_better else -1)
             scale, unit = (100, " points") if primary == "accuracy" else (1, "")
             parts.append(f"{'beats' if diff > 0 else 'does not beat'} {arm} by {scale * diff:+.2f}{unit}")
     density = 100 * at["ticket"]["density"]
     return f"\nat {density:.2f}% of weights, the ticket (test {primary} at early stop) " + ", ".join(parts)
+
+
+def _early_bird_line(rows: list[dict[str, Any]], steps: int, rewind: int) -> str:
+    """Where the early-bird iterations fell, and the share of the training budget the arms whose weights
+    the masks are cut from (dense, ticket) did not use: the compute early-bird tickets save."""
+    chain = [r for r in rows if r["arm"] in ("dense", "ticket") and "steps_trained_mean" in r]
+    if not chain:
+        return ""
+    found = ", ".join(f"L{r['level']} {r['early_bird_step_mean']:.0f}" for r in chain if "early_bird_step_mean" in r)
+    trained = sum(r["steps_trained_mean"] for r in chain)
+    budget = sum(steps - (0 if r["level"] == 0 else rewind) for r in chain)
+    return (f"\nearly-bird iteration per level: {found or 'never reached'}; the dense and ticket arms trained "
+            f"{trained:,.0f} of {budget:,} steps ({100 * (1 - trained / budget):.1f}% saved)")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -221,7 +238,9 @@ def _job_options(command: Any) -> Any:
 def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_root: str | None,
          out: Path, workers: int | None, backend: str, address: str | None, device: str | None) -> None:
     """Search for winning tickets by iterative magnitude pruning, with random-reinit and random-prune
-    controls at every level. Running the same recipe again resumes where it stopped."""
+    controls at every level, and any other arms the recipe lists (masks found at initialisation by SNIP,
+    GraSP, SynFlow, ... at the ticket's density, and their ablations). Running the same recipe again
+    resumes where it stopped."""
     from . import config as configlib
     from . import find as findlib
     from . import plugins
@@ -244,9 +263,10 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
         raise click.ClickException(str(e)) from None
     rows = findlib.summarise(result.records, result.metrics, order=findlib.ARM_ORDER)
     click.echo("\n" + _table(rows, result.metrics.primary))
-    gap = _gap_line(rows, result.metrics.primary, result.metrics.higher_is_better)
-    if gap:
-        click.echo(gap)
+    for line in (_gap_line(rows, result.metrics.primary, result.metrics.higher_is_better),
+                 _early_bird_line(rows, cfg.train.steps, cfg.prune.rewind_step)):
+        if line:
+            click.echo(line)
     click.echo(f"\njob folder:  {result.job_dir}  (tickets in r*/L*/ticket, results.csv)")
     click.echo(f"MLflow run:  {result.parent_run_id} (experiment {result.experiment_id})")
     if tracker.ui_command():
@@ -264,10 +284,12 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
                                "(default: the pruned level with the best validation metric)")
 @click.option("--compare", "compare_ref", metavar="FIND_JOB",
               help="a find job on the target (folder or run id): its tickets train as the target_ticket arm")
+@click.option("--arm", "source_arm", default="ticket", show_default=True,
+              help="from a find job: whose masks to transfer, the IMP ticket or a criterion arm (snip, synflow, ...)")
 @_job_options
 def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str | None, compare_ref: str | None,
-             experiment: str | None, data_root: str | None, out: Path, workers: int | None, backend: str,
-             address: str | None, device: str | None) -> None:
+             source_arm: str, experiment: str | None, data_root: str | None, out: Path, workers: int | None,
+             backend: str, address: str | None, device: str | None) -> None:
     """Train a ticket (a ticket folder, a find job folder, runs:/RUN_ID/ticket, or RUN_ID[@LEVEL]) on
     another dataset, optimizer or learning rate, beside a random ticket, the ticket's masks with fresh
     weights, and the dense network. A list of learning rates is a grid: validation picks one per arm."""
@@ -286,7 +308,8 @@ def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str |
                                  data_root=resolve_data_root(data_root))
         where = _device_line(cfg, task)
         # "the best level" is judged by the target's metric and direction (accuracy up, perplexity down)
-        sources = transferlib.resolve(ticket_ref, tracker, task.metrics, levels=levels, workdir=fetch)
+        sources = transferlib.resolve(ticket_ref, tracker, task.metrics, levels=levels, workdir=fetch,
+                                      arm=source_arm)
         compare = (transferlib.resolve(compare_ref, tracker, task.metrics, levels="all", workdir=fetch)
                    if compare_ref else [])
         click.echo(f"ticketx transfer {cfg.name}: {len(sources)} ticket(s) from {ticket_ref} "
@@ -358,10 +381,14 @@ def export(ticket_dir: Path, out: Path, weights: str, max_density: float | None,
                                  available=plugins.discover(), data_root=resolve_data_root(data_root))
         model = task.build_model(int(t.meta.get("seed", 0)))
         check_ticket(task, t, model)
-        trained = Path(ticket_dir).parent / "trained.safetensors"
+        trained = Path(ticket_dir).parent / "trained.safetensors"  # the ticket arm's, beside its ticket
+        arm = t.meta.get("arm", "ticket")
+        if weights == "trained" and arm != "ticket":
+            raise ticketlib.TicketError(f"{ticket_dir} is the {arm} arm's ticket, whose trained weights a find job "
+                                        "does not keep; export its own weights with --weights ticket")
         if weights == "trained" and not trained.exists():
             raise ticketlib.TicketError(f"no trained weights at {trained} (a ticket from a find job folder has them)")
-        use_trained = weights != "ticket" and trained.exists()
+        use_trained = weights != "ticket" and arm == "ticket" and trained.exists()
         model.load_state_dict(load_file(str(trained)) if use_trained else t.weights)
         compact, report = exportlib.compact(model, t.masks, max_density=exportlib.DEFAULT_MAX_DENSITY
                                             if max_density is None else max_density)
@@ -436,7 +463,8 @@ def show(ticket_dir: Path, check: bool, data_root: str | None) -> None:
     task = m.get("task", {})
     click.echo(f"{'ticket':<16}{ticket_dir}")
     click.echo(f"{'task':<16}{task.get('plugin', '?')}/{task.get('task', '?')} {task.get('options', '')}")
-    for key in ("level", "seed", "replicate", "rewind_step", "source_run_id", "config_hash", "ticketx_version"):
+    for key in ("arm", "criterion", "ablation", "level", "seed", "replicate", "rewind_step", "source_run_id",
+                "config_hash", "ticketx_version"):
         if key in m:
             click.echo(f"{key.replace('_', ' '):<16}{m[key]}")
     kept = sum(int((x > 0).sum()) for x in t.masks.values())

@@ -26,7 +26,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from . import arms as armlib
 from .devices import DeviceError, check_device_spec
+from .pruning import DEFAULT_PER_CLASS, DEFAULT_SYNFLOW_ROUNDS, IMP_CRITERIA
 from .task import Plan
 
 
@@ -34,7 +36,7 @@ class ConfigError(ValueError):
     """A recipe or override is invalid; the message names the key, what it got and what it allows."""
 
 
-ARMS = ("ticket", "random_reinit", "random_prune")
+ARMS = armlib.DEFAULT_FIND_ARMS
 SEED_LIMIT = 2**31  # seeds and data seeds; replicate r adds r, and every library takes the sum
 
 
@@ -96,6 +98,25 @@ class TrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EarlyBird:
+    """Early-bird tickets (You et al. 2020, arXiv 1909.11957): while a level trains, the mask it would prune
+    to is computed every `every` steps; the early-bird iteration is the first step at which the largest
+    normalised Hamming distance among the last `window` such masks is at most `distance`."""
+
+    distance: float = 0.1
+    window: int = 5
+    every: int = 100
+    stop: bool = False  # stop the level's training there and prune from those weights
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.distance <= 1.0:
+            raise ConfigError(f"prune.early_bird.distance must be in [0, 1], got {self.distance}")
+        if self.window < 2:
+            raise ConfigError(f"prune.early_bird.window must be >= 2 (masks to compare), got {self.window}")
+        _positive("prune.early_bird.every", self.every)
+
+
+@dataclass(frozen=True, kw_only=True)
 class PruneConfig:
     """How masks are made from level to level."""
 
@@ -106,8 +127,21 @@ class PruneConfig:
     exclude: tuple[str, ...] = ()  # parameter names never pruned
     rewind_step: int = 0  # k: survivors are reset to θk (0 = initialisation)
     mode: Literal["iterative", "oneshot"] = "iterative"  # oneshot: level L prunes the dense weights once
+    # added after jobs existed: left out of the hash at their defaults (HASHED_WHEN_SET)
+    criterion: str = "magnitude"  # IMP's own: "magnitude" or "lamp" (ticketx.pruning)
+    early_bird: EarlyBird | None = None
+    scoring_per_class: int = DEFAULT_PER_CLASS  # scoring sample of SNIP and GraSP: examples per class
+    synflow_rounds: int = DEFAULT_SYNFLOW_ROUNDS
 
     def __post_init__(self) -> None:
+        if self.criterion not in IMP_CRITERIA:
+            raise ConfigError(f"prune.criterion must be one of {', '.join(map(repr, IMP_CRITERIA))}, "
+                              f"got {self.criterion!r}")
+        if self.criterion == "lamp" and self.scope != "global":
+            raise ConfigError("prune.criterion = 'lamp' ranks all layers together (Lee et al. 2021): set "
+                              "prune.scope = 'global' (layer-wise, LAMP keeps exactly what magnitude keeps)")
+        _positive("prune.scoring_per_class", self.scoring_per_class)
+        _positive("prune.synflow_rounds", self.synflow_rounds)
         if self.levels < 0:
             raise ConfigError(f"prune.levels must be >= 0, got {self.levels}")
         if not 0.0 < self.rate < 1.0:
@@ -170,18 +204,16 @@ class FindConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        bad = [a for a in self.arms if a not in ARMS]
-        if bad or not self.arms:
-            raise ConfigError(f"arms must be a non-empty list of {list(ARMS)}, got {list(self.arms)}")
-        if "ticket" not in self.arms:
-            raise ConfigError("arms must include 'ticket': the next level's masks come from its training")
+        why = armlib.check_find_arms(self.arms)
+        if why:
+            raise ConfigError(why)
         if self.prune.rewind_step >= self.train.steps:
             raise ConfigError(
                 f"prune.rewind_step ({self.prune.rewind_step}) must be below train.steps ({self.train.steps})"
             )
 
 
-TRANSFER_ARMS = ("transferred", "random_ticket", "masks_reinit", "dense")
+TRANSFER_ARMS = armlib.DEFAULT_TRANSFER_ARMS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,21 +268,25 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 # train keys that never change results: a job resumes whatever they are
 UNHASHED_TRAIN_KEYS = ("device", "checkpoint_every")
-# train keys added after jobs existed: left out of the hash at these defaults, so older jobs still resume
-HASHED_WHEN_SET = {"precision": "fp32", "tf32": False}
+# keys added after jobs existed: left out of the hash at these defaults, so older jobs still resume
+HASHED_WHEN_SET = {
+    "train": {"precision": "fp32", "tf32": False},
+    "prune": {"criterion": "magnitude", "early_bird": None, "scoring_per_class": DEFAULT_PER_CLASS,
+              "synflow_rounds": DEFAULT_SYNFLOW_ROUNDS},
+}
 
 
 def hashed(config: RunConfig) -> dict[str, Any]:
     """What of a config changes results, as plain data: all of it but the name, the description, the
-    device and the checkpoint interval (and precision and tf32 at their defaults)."""
+    device and the checkpoint interval (and the keys of HASHED_WHEN_SET at their defaults)."""
     data = to_dict(config)
     data.pop("name"), data.pop("description")
-    train = data["train"]
     for key in UNHASHED_TRAIN_KEYS:
-        train.pop(key)
-    for key, default in HASHED_WHEN_SET.items():
-        if train[key] == default:
-            train.pop(key)
+        data["train"].pop(key)
+    for section, defaults in HASHED_WHEN_SET.items():
+        for key, default in defaults.items():
+            if section in data and data[section][key] == default:
+                data[section].pop(key)
     return data
 
 
@@ -275,7 +311,7 @@ def _type_name(tp: Any) -> str:
         return " or ".join(repr(a) for a in typing.get_args(tp))
     if origin in (tuple, list, Sequence):
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if origin in (dict, Mapping):
+    if origin in (dict, Mapping) or dataclasses.is_dataclass(tp):
         return "a table"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
@@ -310,6 +346,8 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         if value is not None:
             raise bad
         return None
+    if dataclasses.is_dataclass(tp):  # a table was built by _build; anything else is not one
+        raise bad
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
@@ -346,6 +384,9 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         tp = hints[name]
+        optional = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if optional and isinstance(value, Mapping):  # a table for an optional section (prune.early_bird)
+            tp = optional[0]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{prefix}{name} must be a table, got {value!r}")

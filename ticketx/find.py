@@ -6,14 +6,20 @@
                   ticket        = θk ⊙ masks_L, trained from step k
                   random_reinit = fresh init ⊙ masks_L              (same masks, other weights)
                   random_prune  = θk ⊙ random masks of the same per-layer sparsity
+                  snip, grasp, ... = θk ⊙ a criterion's masks cut from θk at masks_L's overall density
+
+`prune` is by magnitude, or by LAMP scores (prune.criterion); the arms are `ticketx.arms.FIND`, the
+criteria `ticketx.pruning.CRITERIA`. With prune.early_bird the arms whose weights the next masks are cut
+from (dense, ticket) watch for their early-bird iteration, and with `stop` end their training there.
 
 Each (replicate, level) has a folder holding its ticket, the trained weights of its ticket arm (from which
-the next level's masks are cut) and one result per arm; `jobs.Job` makes re-running a job resume it.
+the next level's masks are cut), the tickets of the criterion arms (`<arm>.ticket`) and one result per arm;
+`jobs.Job` makes re-running a job resume it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,16 +29,18 @@ from safetensors.torch import load_file
 from torch import nn
 
 from . import analysis, devices
+from . import arms as armlib
 from . import masks as masklib
-from . import pool
+from . import pool, pruning
 from . import ticket as ticketlib
 from .config import ConfigError, FindConfig, config_hash, run_params, to_dict
+from .earlybird import EarlyBird
 from .jobs import ArmSetup, Job, Progress, Recorder, clone_state, save_state, summarise
 from .task import Masks, MetricSpec, Task, check_plan
 from .tracking import Tracker
 
 DENSE = "dense"
-ARM_ORDER = {DENSE: 0, "ticket": 1, "random_reinit": 2, "random_prune": 3}
+ARM_ORDER = armlib.order("find")
 
 
 @dataclass(frozen=True)
@@ -98,24 +106,90 @@ class _Search:
         else:
             source = 0 if p.mode == "oneshot" else level - 1
             trained = load_file(str(self.level_dir(replicate, source) / "trained.safetensors"))
-            if p.mode == "oneshot":  # one cut from the dense weights to this level's density
-                before = self.dense_masks(model)
-                rate = 1 - (1 - p.rate) ** level
-                rates = {n: 1 - (1 - r) ** level for n, r in p.layer_rates.items()}
-            else:
-                before, rate, rates = self.ticket(replicate, level - 1, model).masks, p.rate, dict(p.layer_rates)
-            masks = masklib.magnitude({n: trained[n] for n in before}, before, rate, scope=p.scope,
-                                      layer_rates=rates, exclude=p.exclude)
-        t = ticketlib.make(masks, load_file(str(self.rewind_file(replicate))), task=self.task.spec(),
-                           seed=self.config.init_seed(replicate), replicate=replicate, level=level,
-                           rewind_step=p.rewind_step, source_run_id=self.job.parent,
-                           config_hash=self.job.hash, train=to_dict(self.config.train))
+            before = (self.dense_masks(model) if p.mode == "oneshot"  # one cut from the dense weights
+                      else self.ticket(replicate, level - 1, model).masks)
+            masks = self.cut(trained, before, level)
+        t = ticketlib.make(masks, load_file(str(self.rewind_file(replicate))),
+                           **self.meta(replicate, level, "ticket"))
         ticketlib.save(t, path)
         return t
+
+    def meta(self, replicate: int, level: int, arm: str) -> dict[str, Any]:
+        """What the tickets of a job record about where they come from."""
+        c = self.config
+        return dict(task=self.task.spec(), seed=c.init_seed(replicate), replicate=replicate, level=level,
+                    rewind_step=c.prune.rewind_step, source_run_id=self.job.parent, config_hash=self.job.hash,
+                    train=to_dict(c.train), arm=arm, criterion=armlib.FIND[arm].criterion or c.prune.criterion)
+
+    def cut(self, trained: Mapping[str, torch.Tensor], before: Masks, level: int) -> Masks:
+        """The masks of `level`, cut by IMP's criterion from `trained` weights and the masks `before` (the
+        previous level's, or the dense ones in oneshot mode)."""
+        p = self.config.prune
+        if p.mode == "oneshot":
+            rate = 1 - (1 - p.rate) ** level
+            rates = {n: 1 - (1 - r) ** level for n, r in p.layer_rates.items()}
+        else:
+            rate, rates = p.rate, dict(p.layer_rates)
+        return pruning.imp_masks(p.criterion, {n: trained[n] for n in before}, before, rate, scope=p.scope,
+                                 layer_rates=rates, exclude=p.exclude)
+
+    def early_bird(self, level: int, before: Masks, capture_at: int | None) -> EarlyBird | None:
+        """The early-bird watch of a chain arm at `level` whose masks are `before`: it cuts the next level's
+        masks from the current weights. It stops training only where a later level is cut from them."""
+        p = self.config.prune
+        eb = p.early_bird
+        if eb is None or (p.mode == "oneshot" and level > 0):  # oneshot cuts every level from the dense run
+            return None
+        cut_from = level < p.levels if p.mode == "iterative" else level == 0 < p.levels
+        among = sum(int((m > 0).sum()) for n, m in before.items() if n not in p.exclude)
+        return EarlyBird(lambda weights: self.cut(weights, before, level + 1), list(before), among,
+                         distance=eb.distance, window=eb.window, every=eb.every, stop=eb.stop and cut_from,
+                         not_before=capture_at or 0)
+
+    def found(self, replicate: int, level: int, spec: armlib.Arm, ticket: ticketlib.Ticket,
+              model: nn.Module) -> tuple[Masks, dict[str, str]]:
+        """The masks a criterion arm trains, read from its ticket folder or cut now from `model`'s weights
+        (the rewind weights, θ0 or θk) at exactly the ticket's overall density, and the params to record.
+
+        Layers in prune.exclude stay dense; the criterion spreads the ticket's count of kept weights over
+        the others as its paper does (layer_rates are IMP's allocation and do not apply). Scoring runs on
+        the job's device. The ablations of a criterion score again (deterministic on the CPU) rather than
+        share a file, so that arms running side by side never write the same folder.
+        """
+        c, p = self.config, self.config.prune
+        crit = pruning.CRITERIA[spec.criterion]  # type: ignore[index]
+        params = {"criterion": crit.name, "ablation": spec.ablation or "none"}
+        if "data" in crit.needs:
+            params.update(scoring_per_class=str(p.scoring_per_class), scoring_seed=str(c.order_seed(replicate)))
+        if crit.iterative:
+            params["scoring_rounds"] = str(p.synflow_rounds)
+        path = self.level_dir(replicate, level) / str(spec.ticket_dir)
+        if (path / ticketlib.META).exists():
+            t = ticketlib.load(path)
+            ticketlib.check_fits(t, model, self.task.prunable(model))
+            return t.masks, {**params, **t.meta.get("scoring", {})}
+        pool = {n: torch.ones_like(m) for n, m in ticket.masks.items() if n not in p.exclude}
+        n_keep = sum(int((ticket.masks[n] > 0).sum()) for n in pool)
+        init_seed = c.init_seed(replicate)
+        batches, loss, shape = None, None, None
+        if "data" in crit.needs:
+            batches, loss = pruning.scoring_sample(self.task, p.scoring_per_class, c.order_seed(replicate))
+            params["scoring_examples"] = str(sum(int(y.shape[0]) for _, y in batches))
+        if "input_shape" in crit.needs:
+            shape = tuple(self.task.scoring_input_shape())  # type: ignore[attr-defined]
+        masks = pruning.cut(crit, model, pool, n_keep, device=self.job.device, batches=batches, loss=loss,
+                            input_shape=shape, rounds=p.synflow_rounds, invert=spec.ablation == "inverted",
+                            generator=torch.Generator().manual_seed(crit.seed_offset + 1_000 * init_seed + level))
+        masks = {**self.dense_masks(model), **masks}
+        if spec.masks_seed is not None:  # shuffled: the same count per layer, at random places
+            g = torch.Generator().manual_seed(spec.masks_seed + 1_000 * init_seed + level)
+            masks = masklib.random_like(masks, g)
+        return masks, params
 
     def arm(self, replicate: int, level: int, arm: str) -> dict[str, Any]:
         c, d = self.config, self.level_dir(replicate, level)
         init_seed, k = c.init_seed(replicate), c.prune.rewind_step
+        spec = armlib.FIND[arm]
 
         began: dict[str, Any] = {}  # the weights this arm trains from and its masks, for weight_movement
 
@@ -130,28 +204,43 @@ class _Search:
             if level == 0:
                 if k == 0:
                     save_state(self.rewind_file(replicate), clone_state(model))
-                return ArmSetup(model, self.dense_masks(model), c.plan(replicate), params,
-                                capture_at=k or None)
+                masks = self.dense_masks(model)
+                return ArmSetup(model, masks, c.plan(replicate), params, capture_at=k or None,
+                                early_bird=self.early_bird(level, masks, k or None))
             t = self.ticket(replicate, level, model)
+            rewind = load_file(str(self.rewind_file(replicate)))
+            params["criterion"] = spec.criterion or c.prune.criterion
+            params["ablation"] = spec.ablation or "none"
             masks = t.masks
-            if arm == "ticket":
-                model.load_state_dict(t.weights)
-            elif arm == "random_reinit":
-                # a fresh draw for every replicate and level, never equal to any replicate's init seed
-                seed = 1_000_003 + 1_000 * init_seed + level
-                model, params["init_seed"] = self.task.build_model(seed), str(seed)
-            elif arm == "random_prune":
-                g = torch.Generator().manual_seed(2_000_003 + 1_000 * init_seed + level)
+            if spec.masks == "random_like_ticket":
+                g = torch.Generator().manual_seed(spec.masks_seed + 1_000 * init_seed + level)  # type: ignore[operator]
                 masks = masklib.random_like(t.masks, g)
-                model.load_state_dict(load_file(str(self.rewind_file(replicate))))
-            return ArmSetup(model, masks, c.plan(replicate, start_step=k), params)
+            elif spec.masks == "criterion":
+                model.load_state_dict(rewind)
+                masks, scoring = self.found(replicate, level, spec, t, model)
+                params.update(scoring)
+            if spec.weights == "fresh":
+                # a fresh draw for every replicate and level, never equal to any replicate's init seed
+                seed = spec.weights_seed + 1_000 * init_seed + level  # type: ignore[operator]
+                model, params["init_seed"] = self.task.build_model(seed), str(seed)
+            else:
+                model.load_state_dict(t.weights if spec.masks == "ticket" else rewind)
+            if spec.masks == "criterion" and not (d / str(spec.ticket_dir) / ticketlib.META).exists():
+                meta = self.meta(replicate, level, arm)
+                meta.update(ablation=spec.ablation or "none",
+                            scoring={key: v for key, v in params.items() if key.startswith("scoring")})
+                ticketlib.save(ticketlib.make(masks, clone_state(model), **meta), d / str(spec.ticket_dir))
+            eb = self.early_bird(level, masks, None) if spec.chain else None
+            return ArmSetup(model, masks, c.plan(replicate, start_step=k), params, early_bird=eb)
 
         def after(model: nn.Module, recorder: Recorder, run_id: str) -> dict[str, Any]:
             moved = analysis.movement_metrics(
                 analysis.weight_movement(began["weights"], clone_state(model), began["masks"]))
             self.job.tracker.log_metrics(run_id, moved, c.train.steps)
             extra = {"movement": moved}
-            if arm not in (DENSE, "ticket"):
+            if spec.ticket_dir and not spec.chain:  # a criterion arm's ticket, to transfer like any other
+                self.job.tracker.log_artifacts(run_id, d / spec.ticket_dir, "ticket")
+            if not spec.chain:
                 return extra
             save_state(d / "trained.safetensors", clone_state(model))
             if level == 0 and k > 0:
@@ -212,7 +301,7 @@ def _order(key: tuple[int, int, str]) -> tuple[bool, int]:
     level; then the controls, sparsest level first, where a ticket and its controls differ most, so that a
     job stopped early has its most telling comparisons."""
     _, level, arm = key
-    chain = arm in (DENSE, "ticket")
+    chain = armlib.FIND[arm].chain
     return (not chain, level if chain else -level)
 
 
@@ -237,6 +326,9 @@ def run_find(config: FindConfig, task: Task, tracker: Tracker, *, root: Path,
     for replicate in range(c.replicates):  # a plan the task cannot train with, likewise
         check_plan(task, c.plan(replicate))
         check_plan(task, c.plan(replicate, start_step=c.prune.rewind_step))
+    # and criteria the task cannot give what they need (scoring data, an input shape)
+    pruning.check_task(task, {a: armlib.FIND[a].criterion for a in c.arms if armlib.FIND[a].criterion},
+                       per_class=c.prune.scoring_per_class)
     job.open()
     try:
         units = search.units()

@@ -28,8 +28,9 @@ from torch import nn
 
 from . import masks as masklib
 from .checkpoint import ArmCheckpoints, CheckpointError
+from .earlybird import EarlyBird
 from .files import atomic_write, write_csv, write_json
-from .task import Masks, MetricSpec, Plan, Task, TaskError
+from .task import Masks, MetricSpec, Plan, StopTraining, Task, TaskError
 from .tracking import Tracker, git_commit
 
 Progress = Callable[[str, Mapping[str, Any]], None]  # (event, info): resume, start, eval, done, skip
@@ -47,7 +48,8 @@ def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class Recorder:
-    """The core's Observer: logs each evaluation to MLflow, captures the weights at one step, reports.
+    """The core's Observer: logs each evaluation to MLflow, captures the weights at one step, reports, and
+    watches for the early-bird iteration (`early_bird`), ending training there when it is told to stop.
 
     `checkpoints` (an `ArmCheckpoints`, or None) is what `ticketx.training.fit` saves to and resumes
     from. A resumed arm's recorder holds the evaluations made before the kill (`restore`) and skips
@@ -55,8 +57,11 @@ class Recorder:
     """
 
     def __init__(self, tracker: Tracker, run_id: str, *, capture_at: int | None, progress: Progress,
-                 info: Mapping[str, Any], logged: Mapping[str, set[int]] | None = None) -> None:
+                 info: Mapping[str, Any], logged: Mapping[str, set[int]] | None = None,
+                 early_bird: EarlyBird | None = None) -> None:
         self.tracker, self.run_id, self.capture_at = tracker, run_id, capture_at
+        self.early_bird = early_bird
+        self.stopped_at: int | None = None  # the step at which StopTraining ended training
         self.progress, self.info = progress, dict(info)
         self.history: list[tuple[int, dict[str, float]]] = []
         self.captured: dict[str, torch.Tensor] | None = None
@@ -66,6 +71,9 @@ class Recorder:
     def on_step(self, step: int, model: nn.Module) -> None:
         if step == self.capture_at:
             self.captured = clone_state(model)
+        if self.early_bird is not None and self.early_bird.observe(step, model):
+            self.stopped_at = step
+            raise StopTraining
 
     def on_eval(self, step: int, metrics: Mapping[str, float]) -> None:
         m = {k: float(v) for k, v in metrics.items()}
@@ -77,11 +85,16 @@ class Recorder:
 
     def core_state(self) -> dict[str, Any]:
         """What a checkpoint keeps of this recorder: the evaluations so far and the captured weights."""
-        return {"history": [[step, m] for step, m in self.history], "captured": self.captured}
+        out = {"history": [[step, m] for step, m in self.history], "captured": self.captured}
+        if self.early_bird is not None:
+            out["early_bird"] = self.early_bird.state()
+        return out
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.history = [(int(step), dict(m)) for step, m in state["history"]]
         self.captured = state["captured"]
+        if self.early_bird is not None and "early_bird" in state:
+            self.early_bird.restore(state["early_bird"])
 
     def summary(self, spec: MetricSpec) -> tuple[int, dict[str, float], dict[str, float]]:
         """(early-stop step, metrics there, metrics at the last evaluation)."""
@@ -111,6 +124,7 @@ class ArmSetup:
     plan: Plan
     params: dict[str, str] = field(default_factory=dict)
     capture_at: int | None = None  # capture the weights after this step (θk of the dense run)
+    early_bird: EarlyBird | None = None  # watch for the early-bird iteration (prune.early_bird)
 
 
 # (trained model, recorder, run id) -> extra fields for the arm's record (or None)
@@ -215,14 +229,15 @@ class Job:
             run_id = self.tracker.start_run(self.exp_id, run_name, parent=self.parent, tags=tags, params=params)
             run_file.write_text(run_id)
             recorder = Recorder(self.tracker, run_id, capture_at=s.capture_at, progress=self.progress,
-                                info={**info, "density": dens})
+                                info={**info, "density": dens}, early_bird=s.early_bird)
             self.progress("start", {**info, "density": dens, "run_id": run_id})
         else:  # the same run goes on (on this job's device, which may differ from the one it began on)
             assert saved is not None
             self.tracker.reopen(run_id)
             self.tracker.set_tags(run_id, {**tags, "ticketx.resumed_at": str(saved["step"])})
             recorder = Recorder(self.tracker, run_id, capture_at=s.capture_at, progress=self.progress,
-                                info={**info, "density": dens}, logged=self.tracker.logged_steps(run_id))
+                                info={**info, "density": dens}, logged=self.tracker.logged_steps(run_id),
+                                early_bird=s.early_bird)
             recorder.restore(saved["core"])
             clock["before"] = float(saved["core"]["seconds"])
             self.progress("start", {**info, "density": dens, "run_id": run_id, "resumed_at": saved["step"]})
@@ -255,8 +270,14 @@ class Job:
                   "device": self.device, **extra}
         if saved is not None:
             record["resumed_at"] = saved["step"]
-        self.tracker.log_metrics(run_id, {"density": dens, "early_stop_step": es_step, "seconds": seconds,
-                                          **{f"es_{k}": v for k, v in at_es.items()},
+        metrics = {"density": dens, "early_stop_step": es_step, "seconds": seconds}
+        if s.early_bird is not None:  # the early-bird iteration (None: never reached) and the steps trained
+            record["early_bird_step"] = s.early_bird.found
+            record["steps_trained"] = (recorder.stopped_at or plan.steps) - plan.start_step
+            metrics["steps_trained"] = record["steps_trained"]
+            if s.early_bird.found is not None:
+                metrics["early_bird_step"] = s.early_bird.found
+        self.tracker.log_metrics(run_id, {**metrics, **{f"es_{k}": v for k, v in at_es.items()},
                                           **{f"final_{k}": v for k, v in final.items()}})
         self.tracker.finish(run_id)  # then the result: killed between the two, the arm is redone, no run left RUNNING
         write_json(result_file, record)
@@ -311,7 +332,8 @@ def check_masked(model: nn.Module, masks: Masks, what: str) -> None:
 def summarise(records: list[dict[str, Any]], spec: MetricSpec, by: tuple[str, ...] = ("level", "arm"),
               order: Mapping[str, int] = {}) -> list[dict[str, Any]]:
     """One row per group (default: level and arm): mean and std over replicates of density, early-stop
-    step and the primary metric on val and test, at early stop and at the end."""
+    step and the primary metric on val and test, at early stop and at the end (and, in early-bird jobs,
+    of the early-bird iteration over the replicates that reached one, and of the steps trained)."""
     keys = [f"val_{spec.primary}", f"test_{spec.primary}"]
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for rec in records:
@@ -325,6 +347,9 @@ def summarise(records: list[dict[str, Any]], spec: MetricSpec, by: tuple[str, ..
         row: dict[str, Any] = {**dict(zip(by, group)), "replicates": len(recs),
                                "density": sum(r["density"] for r in recs) / len(recs)}
         values = {"early_stop_step": [r["early_stop_step"] for r in recs]}
+        for key in ("early_bird_step", "steps_trained"):  # early-bird jobs: where each replicate found one
+            if any(r.get(key) is not None for r in recs):
+                values[key] = [r[key] for r in recs if r.get(key) is not None]
         for key in keys:
             values[f"es_{key}"] = [r["at_early_stop"][key] for r in recs if key in r["at_early_stop"]]
             values[f"final_{key}"] = [r["final"][key] for r in recs if key in r["final"]]

@@ -12,7 +12,12 @@ transfer job in it). For each job it writes, into `<out>/<job name>-<run id[:8]>
   100% on the left as in Frankle & Carbin's figures), one line per arm, bars from the lowest to the
   highest replicate;
 - `early_stop.png`: early-stopping iteration against % of weights remaining;
-- `gap.png` and `movement.png` where those numbers exist.
+- `gap.png` and `movement.png` where those numbers exist, and `early_bird.png` (the early-bird iteration
+  against % of weights remaining) for jobs with prune.early_bird.
+
+Arms are named and ordered as in `ticketx.arms`; a criterion's ablations are drawn in its colour, dotted
+(shuffled), dash-dotted (reinit) or dashed (inverted); report.csv names each find arm's criterion and
+ablation (the ticket's are IMP's: random_prune is its shuffled, random_reinit its reinit ablation).
 
 For transfer jobs with a learning-rate grid, each (level, arm) is shown at the learning rate whose mean
 validation metric at early stop is best (never chosen on test). The figures and the table are also
@@ -28,11 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import arms as armlib
 from .files import write_csv
 from .tracking import Tracker, TrackingError
-
-ARM_ORDER = {"dense": 0, "ticket": 1, "transferred": 1, "random_reinit": 2, "masks_reinit": 2,
-             "random_prune": 3, "random_ticket": 3, "target_ticket": 4}
 # the primary metric by the names a job logs, for jobs recorded before the ticketx.metric tag existed
 KNOWN_METRICS = {"accuracy": True, "return": True, "perplexity": False, "loss": False}
 
@@ -61,7 +64,8 @@ class JobData:
 
 
 def _flatten_record(rec: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: rec[k] for k in ("level", "arm", "replicate", "lr", "density", "early_stop_step") if k in rec}
+    out = {k: rec[k] for k in ("level", "arm", "replicate", "lr", "density", "early_stop_step", "early_bird_step",
+                               "steps_trained") if rec.get(k) is not None}
     for prefix, key in (("es", "at_early_stop"), ("final", "final")):
         for k, v in dict(rec.get(key, {})).items():
             out[f"{prefix}_{k}"] = v
@@ -121,6 +125,7 @@ def from_run(tracker: Tracker, run_id: str) -> JobData:
         rec: dict[str, Any] = {k: v for k, v in m.items() if k.startswith(("es_", "final_", "move_"))}
         rec.update(density=m["density"], early_stop_step=m["early_stop_step"], arm=t.get("ticketx.arm", "?"),
                    level=int(t.get("ticketx.level", 0)), replicate=int(t.get("ticketx.replicate", 0)))
+        rec.update({k: m[k] for k in ("early_bird_step", "steps_trained") if k in m})
         if "ticketx.lr" in t:
             rec["lr"] = float(t["ticketx.lr"])
         records.append(rec)
@@ -187,14 +192,20 @@ def rows(job: JobData) -> list[dict[str, Any]]:
         if (level, arm) not in chosen or score > chosen[(level, arm)][0]:
             chosen[(level, arm)] = (score, lr)
     out = []
-    for (level, arm), (_, lr) in sorted(chosen.items(), key=lambda kv: (kv[0][0], ARM_ORDER.get(kv[0][1], 9))):
+    order = armlib.order(job.kind)
+    for (level, arm), (_, lr) in sorted(chosen.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
         recs = by[(level, arm, lr)]
         row: dict[str, Any] = {"level": level, "arm": arm, "replicates": len(recs)}
+        spec = armlib.table(job.kind).get(arm)
+        if spec is not None and job.kind == "find" and level > 0:
+            row.update(criterion=spec.criterion or "imp", ablation=spec.ablation or "none")
         if lr is not None:
             row["lr"] = lr
         series = {
             "density_pct": [100 * r["density"] for r in recs],
             "early_stop_step": [r.get("early_stop_step") for r in recs],
+            "early_bird_step": [r.get("early_bird_step") for r in recs],
+            "steps_trained": [r.get("steps_trained") for r in recs],
             f"es_test_{p}": [r.get(f"es_test_{p}") for r in recs],
             f"final_test_{p}": [r.get(f"final_test_{p}") for r in recs],
             f"es_val_{p}": [r.get(f"es_val_{p}") for r in recs],
@@ -214,7 +225,7 @@ def rows(job: JobData) -> list[dict[str, Any]]:
 
 
 def _plot(table: list[dict[str, Any]], panels: list[tuple[str, str]], ylabel: str, title: str,
-          path: Path, percent: bool = False) -> Path | None:
+          path: Path, kind: str, percent: bool = False) -> Path | None:
     """One panel per (key, panel title); a line per arm against density; bars span min to max."""
     import matplotlib
     matplotlib.use("Agg")
@@ -224,7 +235,8 @@ def _plot(table: list[dict[str, Any]], panels: list[tuple[str, str]], ylabel: st
     if not any(f"{key}_mean" in row for key, _ in panels for row in table):
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(max(6.5, 5.2 * len(panels)), 4.2), squeeze=False)
-    arms = sorted({row["arm"] for row in table}, key=lambda a: ARM_ORDER.get(a, 9))
+    specs = armlib.table(kind)
+    arms = sorted({row["arm"] for row in table}, key=lambda a: specs[a].order if a in specs else 99)
     pruned_arms = [a for a in arms if a != "dense"]
     scale = 100.0 if percent else 1.0
     for ax, (key, panel_title) in zip(axes[0], panels):
@@ -241,8 +253,12 @@ def _plot(table: list[dict[str, Any]], panels: list[tuple[str, str]], ylabel: st
             x = [p[0] for p in pts]
             y = [scale * p[1] for p in pts]
             err = [[scale * (p[1] - p[2]) for p in pts], [scale * (p[3] - p[1]) for p in pts]]
+            # an ablation is drawn in its criterion's colour, dotted (shuffled), dash-dotted (reinit) or
+            # dashed (inverted)
+            spec = specs.get(arm)
             ax.errorbar(x, y, yerr=err, marker="o", markersize=3.5, capsize=2.5, label=arm,
-                        color=f"C{ARM_ORDER.get(arm, 5)}")
+                        color=f"C{spec.colour if spec is not None else 5}",
+                        linestyle=spec.linestyle if spec is not None else "-")
         ax.set_xscale("log")
         ax.invert_xaxis()
         ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1]))
@@ -252,7 +268,7 @@ def _plot(table: list[dict[str, Any]], panels: list[tuple[str, str]], ylabel: st
         ax.set_ylabel(ylabel)
         ax.set_title(panel_title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8 if len(arms) <= 6 else 6, ncol=1 if len(arms) <= 8 else 2)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -273,14 +289,16 @@ def render(job: JobData, out: Path) -> list[Path]:
     write_csv(files[0], table)
     figures = [
         _plot(table, [(f"es_test_{p}", "at the early-stopping iteration"), (f"final_test_{p}", "at the end")],
-              unit, title, out / "metric.png", percent=pct),
+              unit, title, out / "metric.png", job.kind, percent=pct),
         _plot(table, [("early_stop_step", "early-stopping iteration")],
-              "iteration", title, out / "early_stop.png"),
+              "iteration", title, out / "early_stop.png", job.kind),
         _plot(table, [("es_gap", "at the early-stopping iteration"), ("final_gap", "at the end")],
-              "training minus test accuracy (points)", title, out / "gap.png", percent=True),
+              "training minus test accuracy (points)", title, out / "gap.png", job.kind, percent=True),
         _plot(table, [("move_dist", "||θ_end − θ_start|| / ||θ_start||, surviving weights"),
                       ("move_sign", "share of surviving weights keeping their initial sign")],
-              "", title, out / "movement.png"),
+              "", title, out / "movement.png", job.kind),
+        _plot(table, [("early_bird_step", "early-bird iteration (prune.early_bird)")],
+              "iteration", title, out / "early_bird.png", job.kind),
     ]
     files += [f for f in figures if f is not None]
     return files

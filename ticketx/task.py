@@ -64,11 +64,22 @@ class Plan:
     tf32: bool = False  # on CUDA, whether fp32 matrix multiplies may use TF32
 
 
+class StopTraining(Exception):
+    """Raised by `Observer.on_step` to end training at that step (an early-bird ticket's level, say).
+
+    `Task.train` ends there as if `step` were the plan's last: it evaluates as after the last step (so the
+    early-stop and final metrics exist) and returns normally, the model holding the weights of that step.
+    `ticketx.training.fit` does this; a plugin with its own loop catches it around `on_step`.
+    """
+
+
 class Observer(Protocol):
-    """What a task reports to while it trains; the core uses it to log and to capture θk."""
+    """What a task reports to while it trains; the core uses it to log, to capture θk and to watch for
+    early-bird tickets."""
 
     def on_step(self, step: int, model: nn.Module) -> None:
-        """Called after optimizer step number `step` (1-based), masks already applied."""
+        """Called after optimizer step number `step` (1-based), masks already applied; may raise
+        `StopTraining` to end training there."""
 
     def on_eval(self, step: int, metrics: Mapping[str, float]) -> None:
         """Called with split-prefixed metrics (`val_loss`, `test_accuracy`, `train_loss`, ...)."""
@@ -88,6 +99,17 @@ class Task(Protocol):
     - `check_plan(plan: Plan) -> None`: raises TaskError for a plan this task cannot train with (an RL
       minibatch larger than a rollout, say), naming the keys to change; the core calls it for every plan
       of a job before any MLflow run is recorded.
+
+    What pruning criteria at initialisation need (`ticketx.pruning`); a task without them has the arms
+    that need them refused in one line before any run is opened:
+    - `scoring_batches(n_per_class: int, seed: int) -> list[(inputs, targets)]`: a class-balanced sample of
+      the training split only (`n_per_class` examples of each class, chosen by `seed`), without
+      augmentation, as batches on the CPU (SNIP, GraSP). `ticketx.training.balanced_sample` makes one
+      from in-memory tensors.
+    - `scoring_loss(model, batch) -> Tensor`: the loss on one such batch (default:
+      `ticketx.training.cross_entropy_loss`).
+    - `scoring_input_shape() -> tuple[int, ...]`: the shape of one input, for SynFlow's all-ones input
+      (no data); it may raise TaskError saying why such an input means nothing for this task.
     """
 
     metrics: MetricSpec

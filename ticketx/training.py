@@ -22,7 +22,7 @@ from torch import nn
 from torch.optim.optimizer import _get_scalar_dtype, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from . import devices
-from .task import Masks, Observer, Plan, TaskError
+from .task import Masks, Observer, Plan, StopTraining, TaskError
 
 BatchFn = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # step -> (inputs, targets)
 LossFn = Callable[[nn.Module, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
@@ -264,7 +264,8 @@ def fit(
     at the end (`evaluate(model, "train")`, reported as `trainset_loss`, `trainset_accuracy`, ...; not
     `train_loss`, the running mean of the batches' losses), for the generalisation gap.
     `batch_at(step)` must be a pure function of the step (and the plan's data seed) so that rewinding
-    to step k replays the same data order.
+    to step k replays the same data order. An observer whose `on_step` raises `StopTraining` ends training
+    at that step, evaluated as the last one would be (early-bird tickets).
 
     The model (and its data) are on `plan.device`. With `plan.precision` "bf16" or "fp16" the forward
     passes, training and evaluation, run under autocast; weights and optimizer state stay fp32, and fp16
@@ -295,7 +296,7 @@ def fit(
     cast = devices.autocast(plan.device, plan.precision)
     best_val, best_step, best_state = math.inf, 0, None
     window_loss = torch.zeros((), device=plan.device)  # summed training loss since the last evaluation
-    window_steps, start = 0, plan.start_step
+    window_steps, start, stopped = 0, plan.start_step, False
     checkpoints = getattr(observer, "checkpoints", None)
     resumed = checkpoints.resume() if checkpoints is not None else None
     if resumed is not None:
@@ -338,8 +339,12 @@ def fit(
             window_loss += loss.detach().float()
             window_steps += 1
             done = step + 1
-            observer.on_step(done, model)
-            if done % plan.eval_every == 0 or done == plan.steps:
+            try:
+                observer.on_step(done, model)
+                last = done == plan.steps
+            except StopTraining:  # the observer ends training here: evaluated as after the last step
+                last = stopped = True
+            if done % plan.eval_every == 0 or last:
                 model.eval()
                 metrics = {"train_loss": float(window_loss) / window_steps, "lr": lr}
                 window_loss, window_steps = torch.zeros((), device=plan.device), 0
@@ -353,18 +358,20 @@ def fit(
                     )
                 if val_loss < best_val:
                     best_val, best_step = val_loss, done
-                    best_state = None if test_every_eval or done == plan.steps else _snapshot(model)
-                elif done == plan.steps and best_state is not None:  # the early-stop weights' test score
+                    best_state = None if test_every_eval or last else _snapshot(model)
+                elif last and best_state is not None:  # the early-stop weights' test score
                     with cast:
                         observer.on_eval(best_step, _evaluate_state(model, best_state, evaluate, score_train))
                 with cast:
-                    if test_every_eval or done == plan.steps:
+                    if test_every_eval or last:
                         metrics.update(prefixed(evaluate(model, "test"), "test"))
-                    if score_train and done == plan.steps:
+                    if score_train and last:
                         metrics.update(prefixed(evaluate(model, "train"), "trainset"))
                 observer.on_eval(done, metrics)
                 model.train()
-            if checkpoints is not None and done < plan.steps and checkpoints.due(done):
+            if stopped:
+                break
+            if checkpoints is not None and not last and checkpoints.due(done):
                 checkpoints.save(done, {
                     "step": done, "best_val": best_val, "best_step": best_step, "window_steps": window_steps,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "best_state": best_state,
@@ -487,6 +494,29 @@ class EpochBatches:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * step + 1)
             x = self.transform(x, g)
         return x, torch.index_select(self.targets, 0, idx)
+
+
+def balanced_sample(inputs: torch.Tensor, targets: torch.Tensor, n_per_class: int, seed: int, *,
+                    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    batch_size: int = 500) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`n_per_class` examples of every class of `targets` (N,), chosen by a seeded permutation, as batches
+    of `inputs` (N, ...) and targets, each batch through `transform` (normalisation; never augmentation):
+    the scoring sample of pruning criteria (`Task.scoring_batches`). Pass the training split only."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(targets.shape[0], generator=g).to(targets.device)
+    picked = []
+    for c in torch.unique(targets).tolist():
+        of_class = perm[targets[perm] == c][:n_per_class]
+        if of_class.numel() < n_per_class:
+            raise TaskError(f"prune.scoring_per_class is {n_per_class}, but class {c} has only "
+                            f"{of_class.numel()} training examples")
+        picked.append(of_class)
+    idx = torch.stack(picked, dim=1).flatten()  # classes interleaved: every batch holds every class
+    out = []
+    for i in range(0, idx.numel(), batch_size):
+        x = torch.index_select(inputs, 0, idx[i : i + batch_size].to(inputs.device))
+        out.append((x if transform is None else transform(x), torch.index_select(targets, 0, idx[i : i + batch_size])))
+    return out
 
 
 def cross_entropy_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

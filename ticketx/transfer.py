@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import arms as armlib
 from . import devices, pool
 from . import masks as masklib
 from . import ticket as ticketlib
@@ -39,7 +40,7 @@ from .task import Masks, MetricSpec, Task, check_plan, check_ticket
 from .ticket import Ticket, TicketError
 from .tracking import Tracker
 
-ARM_ORDER = {"transferred": 0, "random_ticket": 1, "masks_reinit": 2, "target_ticket": 3, "dense": 4}
+ARM_ORDER = armlib.order("transfer")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -76,12 +77,18 @@ def _pick_levels(found: Mapping[int, Any], scores: Mapping[int, float], levels: 
     return [max(pruned, key=lambda lv: pruned[lv] if higher_is_better else -pruned[lv])]
 
 
-def resolve(ref: str, tracker: Tracker, spec: MetricSpec, *, levels: str | None, workdir: Path) -> list[Source]:
+def resolve(ref: str, tracker: Tracker, spec: MetricSpec, *, levels: str | None, workdir: Path,
+            arm: str = "ticket") -> list[Source]:
     """Tickets named by `ref`: a ticket folder, a find job folder, a `runs:/` URI, or `RUN_ID[@LEVEL]`.
 
     A job (folder or parent run id) gives its replicate-0 tickets at `levels` ("all", "1,3"), or at the
-    pruned level with the best validation metric when none is named.
+    pruned level with the best validation metric when none is named: the IMP tickets, or with `arm` the
+    masks (and starting weights) of another find arm that has its own (a criterion arm: snip, ...).
     """
+    found_by = armlib.FIND.get(arm)
+    if found_by is None or found_by.ticket_dir is None:
+        with_masks = [a.name for a in armlib.FIND.values() if a.ticket_dir]
+        raise TicketError(f"--arm must be a find arm with masks of its own ({', '.join(with_masks)}), got {arm!r}")
     key = f"es_val_{spec.primary}"  # the MLflow metric of a child run
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -93,12 +100,13 @@ def resolve(ref: str, tracker: Tracker, spec: MetricSpec, *, levels: str | None,
         if (path / "job.json").exists():
             found, scores = {}, {}
             for d in sorted((path / "r0").glob("L*")):
-                if (d / "ticket" / ticketlib.META).exists():
-                    lv = int(d.name[1:])
-                    found[lv] = d / "ticket"
-                    for arm in ("ticket", "dense"):
-                        if (d / f"{arm}.json").exists():
-                            rec = json.loads((d / f"{arm}.json").read_text())
+                lv = int(d.name[1:])
+                folder = d / ("ticket" if lv == 0 else found_by.ticket_dir)  # level 0: the dense network
+                if (folder / ticketlib.META).exists():
+                    found[lv] = folder
+                    for name in (found_by.file, "dense"):
+                        if (d / f"{name}.json").exists():
+                            rec = json.loads((d / f"{name}.json").read_text())
                             es = rec.get("at_early_stop", {})  # split-prefixed names; MLflow adds "es_"
                             if f"val_{spec.primary}" in es:
                                 scores[lv] = es[f"val_{spec.primary}"]
@@ -125,7 +133,7 @@ def resolve(ref: str, tracker: Tracker, spec: MetricSpec, *, levels: str | None,
     found, scores = {}, {}
     for child in tracker.child_runs(run.info.experiment_id, run_id):
         p = child.data.params
-        if p.get("arm") in ("ticket", "dense") and p.get("replicate") == "0" and child.info.status == "FINISHED":
+        if p.get("arm") in (arm, "dense") and p.get("replicate") == "0" and child.info.status == "FINISHED":
             lv = int(p["level"])
             found[lv] = child.info.run_id
             if key in child.data.metrics:
@@ -222,7 +230,7 @@ class _Transfer:
         c, t = self.config, self.target
         level = source.level if source else 0
         seed = c.init_seed(replicate)
-        fresh_seed = 1_000_003 + 1_000 * seed + level  # never any replicate's init seed
+        fresh_seed = armlib.FRESH_SEED + 1_000 * seed + level  # never any replicate's init seed
 
         def setup() -> ArmSetup:
             plan = c.plan(replicate, lr=lr)
@@ -238,7 +246,8 @@ class _Transfer:
                 params["source"] = self.compare[level].where
                 return ArmSetup(model, dict(own.masks), plan, params)
             head = t.head(model)
-            g = torch.Generator().manual_seed(3_000_017 + 1_000 * seed + level)
+            masks_seed = armlib.TRANSFER[arm].masks_seed or 0
+            g = torch.Generator().manual_seed(masks_seed + 1_000 * seed + level)
             masks = _head_masks(source.ticket, prunable, head, c.transfer.head, g)
             if arm == "transferred":
                 state = model.state_dict()

@@ -12,7 +12,7 @@ from torch import nn
 
 from ticketx.devices import rng_devices
 from ticketx.task import DataError, Masks, MetricSpec, Observer, Plan, TaskError
-from ticketx.training import EpochBatches, cross_entropy_loss, evaluate_classifier, fit, prefixed
+from ticketx.training import EpochBatches, balanced_sample, cross_entropy_loss, evaluate_classifier, fit, prefixed
 
 from . import vocab as vocablib
 from .batching import CarriedStateLoss, StreamBatches, evaluate_stream
@@ -26,6 +26,13 @@ from .options import ClassifyOptions, LMOptions
 from .vocab import Vocab
 
 LM_METRICS = MetricSpec(primary="perplexity", higher_is_better=False, early_stop="val_loss")
+LM_SCORING_WINDOWS = 10  # a language model's scoring sample: this many windows per `n_per_class` (see below)
+
+
+def no_synflow(task: str) -> TaskError:
+    """Why SynFlow's data-free score does not apply to these tasks."""
+    return TaskError(f"nlp/{task} cannot score SynFlow: its all-ones input is one token id repeated, so the "
+                     "score would rank the weights of a single embedding row; drop the synflow arms")
 
 
 def corpus_path(root: Path, corpus: str) -> tuple[Path, str]:
@@ -176,6 +183,27 @@ class LanguageModelTask:
         return {**prefixed(self._evaluate_split(model, "val"), "val"),
                 **prefixed(self._evaluate_split(model, "test"), "test")}
 
+    def scoring_batches(self, n_per_class: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """SNIP's and GraSP's sample: a language model has no classes, so `LM_SCORING_WINDOWS * n_per_class`
+        windows of task.bptt tokens (the count a 10-class classifier's sample has) at offsets of the training
+        stream drawn by `seed`, as one batch of (T, B) inputs and next-token targets, on the CPU."""
+        train, bptt = self.data().train, self.options.bptt
+        n = LM_SCORING_WINDOWS * n_per_class
+        if train.shape[0] < bptt + 2:
+            raise TaskError(f"the training stream ({train.shape[0]} tokens) is shorter than one task.bptt window")
+        g = torch.Generator().manual_seed(seed)
+        starts = torch.randint(0, train.shape[0] - bptt - 1, (n,), generator=g)
+        offsets = starts[None, :] + torch.arange(bptt)[:, None]  # (T, B)
+        return [(train[offsets], train[offsets + 1])]
+
+    def scoring_loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Mean next-token cross-entropy of one scoring batch, from a zero LSTM state."""
+        logits, _ = model(batch[0])  # (T, B, V)
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[1].reshape(-1))
+
+    def scoring_input_shape(self) -> tuple[int, ...]:
+        raise no_synflow(self.name)
+
     def check_source(self, meta: Mapping[str, Any]) -> None:
         """Before a transfer: a ticket whose embedding is kept must share this task's vocabulary."""
         check_vocab_source(meta, self.data().vocab, keeps_embeddings=self.options.transfer_embeddings)
@@ -292,6 +320,15 @@ class ClassifyTask:
         """Loss and accuracy on the dev ("val") and test splits."""
         return {**prefixed(self._evaluate_split(model, "val"), "val"),
                 **prefixed(self._evaluate_split(model, "test"), "test")}
+
+    def scoring_batches(self, n_per_class: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`n_per_class` training sentences of each class (never dev or test), chosen by `seed`, as padded
+        ids and labels on the CPU: what SNIP and GraSP score with."""
+        d = self.data()
+        return balanced_sample(d.train_x, d.train_y, n_per_class, seed)
+
+    def scoring_input_shape(self) -> tuple[int, ...]:
+        raise no_synflow(self.name)
 
     def check_source(self, meta: Mapping[str, Any]) -> None:
         """Before a transfer: a ticket whose embedding is kept must share this task's vocabulary."""

@@ -191,6 +191,27 @@ def test_bad_plan_fails_before_any_mlflow_run(tmp_path):
     assert tracker.client.get_experiment_by_name("rl-bad-plan") is None
 
 
+@pytest.mark.parametrize("arm, missing", [
+    ("snip", r"scoring data \(a class-balanced sample of training examples and a loss\) \(Task.scoring_batches\)"),
+    ("grasp:inverted", r"scoring data .*\(Task.scoring_batches\)"),
+    ("synflow", r"input shape for SynFlow's all-ones input \(Task.scoring_input_shape\)"),
+])
+def test_criteria_needing_data_or_an_input_are_refused_before_any_mlflow_run(tmp_path, arm, missing):
+    """RL has no fixed dataset (and its policies no input SynFlow could feed): the arms that need one are
+    refused in one line naming the task and what it lacks; the criteria of weights alone run."""
+    from ticketx import config as C
+    from ticketx.find import run_find
+    from ticketx.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/m.db")
+    cfg = C.from_dict({"name": "rl-snip", "task": {"plugin": "rl", "name": "ppo", **TINY["ppo"]},
+                       "arms": ["ticket", "random_erk", arm], "train": {"steps": 128, "eval_every": 64},
+                       "prune": {"levels": 1}})
+    with pytest.raises(TaskError, match=rf"^rl/ppo offers no {missing}, which the arm\(s\) {arm} need"):
+        run_find(cfg, make("ppo", **TINY["ppo"]), tracker, root=tmp_path, experiment="rl-snip")
+    assert tracker.client.get_experiment_by_name("rl-snip") is None
+
+
 # ------------------------------------------------------------------ the command line: clear error, exit 1
 
 BAD_RECIPE = """

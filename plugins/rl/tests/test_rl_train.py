@@ -141,3 +141,25 @@ def test_diverging_training_is_a_task_error():
     with pytest.raises(TaskError, match=r"training diverged at env step 0: the policy's outputs became NaN "
                                         r"\(try a lower train.lr than 0.001\)"):
         task.train(model, {}, plan(64), Recorder())
+
+
+def test_stop_training_from_the_observer_ends_at_that_rollout():
+    """An early-bird level: the observer raises StopTraining at a step; training ends after that rollout's
+    update, evaluated (test included) as at the last step, and the model holds the weights of that update."""
+    from ticketx.task import StopTraining
+
+    class StopAt(Recorder):
+        def on_step(self, step, model):
+            super().on_step(step, model)
+            if step == 80:
+                raise StopTraining
+
+    task = RLPlugin().make_task("ppo", TINY["ppo"], data_root=None)
+    model, rec = task.build_model(0), StopAt()
+    task.train(model, {}, plan(256), rec)
+    assert rec.steps[-1] == 80  # a rollout is 64 env steps: the second one's update is the last
+    assert rec.evals[-1][0] == 128 and "test_return" in rec.evals[-1][1]
+    whole = RLPlugin().make_task("ppo", TINY["ppo"], data_root=None)
+    short = whole.build_model(0)
+    whole.train(short, {}, plan(128), Recorder())
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), short.state_dict().values()))

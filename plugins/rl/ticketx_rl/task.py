@@ -21,7 +21,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
 from ticketx import devices
-from ticketx.task import Masks, MetricSpec, Observer, Plan, TaskError
+from ticketx.task import Masks, MetricSpec, Observer, Plan, StopTraining, TaskError
 
 from . import agents, envs
 from .options import ACTOR_CRITIC, ALGORITHMS, RLOptions
@@ -161,16 +161,20 @@ def _summary(split: str, returns: np.ndarray) -> dict[str, float]:
 
 class _Reporter(BaseCallback):
     """Tells the observer about each env step once the update that follows it is done, and evaluates
-    every `plan.eval_every` env steps and at the last one (test where validation reaches a new best)."""
+    every `plan.eval_every` env steps and at the last one (test where validation reaches a new best).
+
+    An observer that raises StopTraining (an early-bird level) ends training after that rollout's update:
+    the evaluation there is the last one, and the next env step tells stable-baselines3 to stop."""
 
     def __init__(self, observer: Observer, val: envs.Evaluator, test: envs.Evaluator, plan: Plan) -> None:
         super().__init__(verbose=0)
         self.observer, self.val, self.test, self.every = observer, val, test, plan.eval_every
         self.reported = plan.start_step
         self.best = -math.inf
+        self.stopped = False
 
     def _on_step(self) -> bool:
-        return True
+        return not self.stopped
 
     def _on_rollout_start(self) -> None:
         self._flush(final=False)  # the previous rollout's update, if any, is done
@@ -179,10 +183,16 @@ class _Reporter(BaseCallback):
         self._flush(final=True)
 
     def _flush(self, *, final: bool) -> None:
+        if self.stopped:  # evaluated as the last step already
+            return
         algo: BaseAlgorithm = self.model
         now, before = algo.num_timesteps, self.reported
         for step in range(before + 1, now + 1):
-            self.observer.on_step(step, algo.policy)
+            try:
+                self.observer.on_step(step, algo.policy)
+            except StopTraining:  # the weights are the update's: the same at every step of the rollout
+                self.stopped = final = True
+                break
         self.reported = now
         if now == before or not (final or now // self.every > before // self.every):
             return

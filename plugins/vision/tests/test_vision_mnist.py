@@ -178,3 +178,20 @@ def test_image_size_resizes_a_builtin_dataset(tmp_path: Path) -> None:
     s = task.splits()
     assert s.train_x.shape == (10, 1, 28, 28) and s.test_x.shape == (4, 1, 28, 28)
     assert task.build_model(0)(s.normalise(s.val_x)).shape == (2, 10)
+
+
+def test_scoring_sample_is_balanced_normalised_and_from_the_training_split(mnist: VisionTask) -> None:
+    """SNIP's and GraSP's sample: 10 training images of each class, normalised, never augmented; never a
+    validation or test image. SynFlow's input is one image's shape."""
+    s = mnist.splits()
+    batches = mnist.scoring_batches(10, seed=4)
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    assert x.shape == (100, 1, 28, 28) and x.dtype == torch.float32
+    assert torch.bincount(y, minlength=10).tolist() == [10] * 10
+    probe = torch.randn(784, dtype=torch.float64)
+    train = set((s.normalise(s.train_x).flatten(1).double() @ probe).tolist())
+    held_out = set((s.normalise(torch.cat([s.val_x, s.test_x])).flatten(1).double() @ probe).tolist())
+    sample = (x.flatten(1).double() @ probe).tolist()
+    assert all(v in train for v in sample) and not any(v in held_out for v in sample)
+    assert mnist.scoring_input_shape() == (1, 28, 28)

@@ -18,7 +18,7 @@ from torch import nn
 
 from ticketx.devices import rng_devices
 from ticketx.task import DataError, Masks, MetricSpec, Observer, Plan
-from ticketx.training import EpochBatches, cross_entropy_loss, evaluate_classifier, fit, prefixed
+from ticketx.training import EpochBatches, balanced_sample, cross_entropy_loss, evaluate_classifier, fit, prefixed
 
 from .augment import random_crop_flip
 from .data import (
@@ -133,6 +133,17 @@ class VisionTask:
                 )
         finally:
             self._eval_format = torch.contiguous_format
+
+    def scoring_batches(self, n_per_class: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`n_per_class` training images of each class (never validation or test), chosen by `seed`,
+        normalised as in training and never augmented, on the CPU: what SNIP and GraSP score with."""
+        s = self.splits()
+        return balanced_sample(s.train_x, s.train_y, n_per_class, seed, transform=s.normalise)
+
+    def scoring_input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width): the shape of SynFlow's all-ones input."""
+        shape = self.input_shape()
+        return (shape.channels, shape.height, shape.width)
 
     def example_inputs(self, n: int) -> torch.Tensor:
         """The first `n` test images (N, C, H, W), normalised float32 on the CPU as in training: for
