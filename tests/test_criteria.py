@@ -134,6 +134,8 @@ def test_report_table_and_cli_summary_name_every_arm(job):
     summary = summarise(result.records, result.metrics, order=ARM_ORDER)
     gap = _gap_line(summary, "accuracy", True)
     assert all(f" {arm} by " in gap for arm in ARMS[1:])
+    alone = [r for r in summary if r["arm"] in ("dense", "ticket")]
+    assert _gap_line(alone, "accuracy", True) == ""  # a ticket with nothing to compare is no summary line
 
 
 EARLY = ["arms=['ticket', 'random_prune']", "prune.levels=2", "train.steps=300", "train.eval_every=100",

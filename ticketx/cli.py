@@ -158,6 +158,8 @@ def _gap_line(rows: list[dict[str, Any]], primary: str, higher_is_better: bool) 
             diff = (ticket - at[arm][key]) * (1 if higher_is_better else -1)
             scale, unit = (100, " points") if primary == "accuracy" else (1, "")
             parts.append(f"{'beats' if diff > 0 else 'does not beat'} {arm} by {scale * diff:+.2f}{unit}")
+    if not parts:  # the ticket trained alone: nothing to compare it with
+        return ""
     density = 100 * at["ticket"]["density"]
     return f"\nat {density:.2f}% of weights, the ticket (test {primary} at early stop) " + ", ".join(parts)
 
