@@ -202,13 +202,12 @@ def _with_device(overrides: tuple[str, ...], device: str | None) -> tuple[str, .
     return (*overrides, f"train.device={device}") if device else overrides
 
 
-def _device_line(cfg: Any, task: Any) -> str:
-    """Where a job's arms train, for its first line; DeviceError (before any run) where that device is
-    not there or cannot train in the precision asked."""
+def _job_device(cfg: Any, task: Any) -> tuple[str, str]:
+    """(the device a job's arms train on, that and the precision in words for its first line); DeviceError
+    (before any run) where that device is not there or cannot train in the precision asked."""
     from . import devices
-    device = devices.job_device(cfg.train.device, task)
-    devices.check_precision(cfg.train.precision, device)
-    return devices.describe(device, cfg.train.precision, cfg.train.tf32)
+    device = devices.job_device(cfg.train.device, task, precision=cfg.train.precision)
+    return device, devices.describe(device, cfg.train.precision, cfg.train.tf32)
 
 
 def _job_options(command: Any) -> Any:
@@ -252,7 +251,7 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
         cfg = configlib.load(recipe, _with_device(overrides, device))
         task = plugins.make_task(cfg.task.plugin, cfg.task.name, cfg.task.options,
                                  available=plugins.discover(), data_root=resolve_data_root(data_root))
-        where = _device_line(cfg, task)
+        _, where = _job_device(cfg, task)
         tracker = Tracker()
         click.echo(f"ticketx find {cfg.name}: {cfg.task.plugin}/{cfg.task.name}, {cfg.prune.levels} levels "
                    f"x {len(cfg.arms)} arms x {cfg.replicates} replicate(s), {cfg.train.steps} steps each, "
@@ -308,7 +307,7 @@ def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str |
                                         _with_device(overrides, device))
         task = plugins.make_task(cfg.task.plugin, cfg.task.name, cfg.task.options, available=available,
                                  data_root=resolve_data_root(data_root))
-        where = _device_line(cfg, task)
+        _, where = _job_device(cfg, task)
         # "the best level" is judged by the target's metric and direction (accuracy up, perplexity down)
         sources = transferlib.resolve(ticket_ref, tracker, task.metrics, levels=levels, workdir=fetch,
                                       arm=source_arm)
@@ -558,7 +557,6 @@ def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int,
     θk with different data orders, for each rewind step k. A barrier near zero means training from θk is
     stable: where rewinding to k finds tickets that rewinding to 0 does not."""
     from . import config as configlib
-    from . import devices
     from . import instability as inst
     from . import plugins
     from . import ticket as ticketlib
@@ -576,8 +574,7 @@ def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int,
         inst.check(cfg, ks)
         task = plugins.make_task(cfg.task.plugin, cfg.task.name, cfg.task.options,
                                  available=plugins.discover(), data_root=resolve_data_root(data_root))
-        where = _device_line(cfg, task)
-        on = devices.job_device(cfg.train.device, task)
+        on, where = _job_device(cfg, task)
         masks = None
         if ticket_dir is not None:
             t = ticketlib.load(ticket_dir)

@@ -71,12 +71,22 @@ def resolve(spec: str, *, worker: int = 0) -> str:
     return spec
 
 
-def job_device(spec: str, task: Any = None, *, worker: int = 0) -> str:
+def job_device(spec: str, task: Any = None, *, worker: int = 0, precision: str = "fp32") -> str:
     """`resolve(spec)`, except that "auto" gives the CPU for a task whose `default_device` is "cpu" (an RL
-    task with a small policy, which trains faster there)."""
-    if spec == "auto" and getattr(task, "default_device", None) == "cpu":
-        return "cpu"
-    return resolve(spec, worker=worker)
+    task with a small policy, which trains faster there); DeviceError where that device cannot train in
+    `precision` (`check_precision`)."""
+    device = "cpu" if spec == "auto" and getattr(task, "default_device", None) == "cpu" else resolve(spec, worker=worker)
+    check_precision(precision, device)
+    return device
+
+
+def canonical(device: torch.device | str) -> torch.device:
+    """`device` as a torch.device naming its GPU ("cuda" -> "cuda:N", the current one), so that copies kept
+    per device (a task's data) are found again whichever way the device is spelled."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def check_precision(precision: str, device: str) -> None:

@@ -90,6 +90,10 @@ class _Search:
     def rewind_file(self, replicate: int) -> Path:
         return self.job.folder(f"r{replicate}") / "rewind.safetensors"
 
+    def rewind_state(self, replicate: int) -> dict[str, torch.Tensor]:
+        """θk (θ0 where k = 0): the weights every arm of a level >= 1 but the reinitialised ones starts from."""
+        return load_file(str(self.rewind_file(replicate)))
+
     def dense_masks(self, model: nn.Module) -> Masks:
         return masklib.ones({n: p.detach() for n, p in self.task.prunable(model).items()})
 
@@ -109,7 +113,7 @@ class _Search:
             before = (self.dense_masks(model) if p.mode == "oneshot"  # one cut from the dense weights
                       else self.ticket(replicate, level - 1, model).masks)
             masks = self.cut(trained, before, level)
-        t = ticketlib.make(masks, load_file(str(self.rewind_file(replicate))),
+        t = ticketlib.make(masks, self.rewind_state(replicate),
                            **self.meta(replicate, level, "ticket"))
         ticketlib.save(t, path)
         return t
@@ -168,8 +172,8 @@ class _Search:
             t = ticketlib.load(path)
             ticketlib.check_fits(t, model, self.task.prunable(model))
             return t.masks, {**params, **t.meta.get("scoring", {})}
-        pool = {n: torch.ones_like(m) for n, m in ticket.masks.items() if n not in p.exclude}
-        n_keep = sum(int((ticket.masks[n] > 0).sum()) for n in pool)
+        candidates = {n: torch.ones_like(m) for n, m in ticket.masks.items() if n not in p.exclude}
+        n_keep = sum(int((ticket.masks[n] > 0).sum()) for n in candidates)
         init_seed = c.init_seed(replicate)
         batches, loss, shape = None, None, None
         if "data" in crit.needs:
@@ -177,7 +181,7 @@ class _Search:
             params["scoring_examples"] = str(sum(int(y.shape[0]) for _, y in batches))
         if "input_shape" in crit.needs:
             shape = tuple(self.task.scoring_input_shape())  # type: ignore[attr-defined]
-        masks = pruning.cut(crit, model, pool, n_keep, device=self.job.device, batches=batches, loss=loss,
+        masks = pruning.cut(crit, model, candidates, n_keep, device=self.job.device, batches=batches, loss=loss,
                             input_shape=shape, rounds=p.synflow_rounds, invert=spec.ablation == "inverted",
                             generator=torch.Generator().manual_seed(crit.seed_offset + 1_000 * init_seed + level))
         masks = {**self.dense_masks(model), **masks}
@@ -208,7 +212,6 @@ class _Search:
                 return ArmSetup(model, masks, c.plan(replicate), params, capture_at=k or None,
                                 early_bird=self.early_bird(level, masks, k or None))
             t = self.ticket(replicate, level, model)
-            rewind = load_file(str(self.rewind_file(replicate)))
             params["criterion"] = spec.criterion or c.prune.criterion
             params["ablation"] = spec.ablation or "none"
             masks = t.masks
@@ -216,15 +219,17 @@ class _Search:
                 g = torch.Generator().manual_seed(spec.masks_seed + 1_000 * init_seed + level)  # type: ignore[operator]
                 masks = masklib.random_like(t.masks, g)
             elif spec.masks == "criterion":
-                model.load_state_dict(rewind)
+                model.load_state_dict(self.rewind_state(replicate))  # scored from, and trained from
                 masks, scoring = self.found(replicate, level, spec, t, model)
                 params.update(scoring)
             if spec.weights == "fresh":
                 # a fresh draw for every replicate and level, never equal to any replicate's init seed
                 seed = spec.weights_seed + 1_000 * init_seed + level  # type: ignore[operator]
                 model, params["init_seed"] = self.task.build_model(seed), str(seed)
-            else:
-                model.load_state_dict(t.weights if spec.masks == "ticket" else rewind)
+            elif spec.masks == "ticket":
+                model.load_state_dict(t.weights)
+            elif spec.masks != "criterion":  # a criterion arm's model holds the rewind weights already
+                model.load_state_dict(self.rewind_state(replicate))
             if spec.masks == "criterion" and not (d / str(spec.ticket_dir) / ticketlib.META).exists():
                 meta = self.meta(replicate, level, arm)
                 meta.update(ablation=spec.ablation or "none",
@@ -280,7 +285,7 @@ class _Work:
         task = plugins.make_task(c.task.plugin, c.task.name, c.task.options, available=plugins.discover(),
                                  data_root=self.data_root)
         task.prepare()
-        device = devices.job_device(c.train.device, task, worker=pool.worker_index())
+        device = devices.job_device(c.train.device, task, worker=pool.worker_index(), precision=c.train.precision)
         job = _job(c, task, Tracker(self.tracker_uri), self.root, self.experiment, progress, device)
         job.parent, job.exp_id = self.parent, self.exp_id
         search = _Search(c, task, job)
@@ -317,8 +322,8 @@ def run_find(config: FindConfig, task: Task, tracker: Tracker, *, root: Path,
     `backend` runs them elsewhere (`ticketx.raypool.RayBackend`: a Ray cluster), with the same numbers.
     """
     c = config
-    device = devices.job_device(c.train.device, task)  # a GPU that is not there fails here, before any run
-    devices.check_precision(c.train.precision, device)
+    # a GPU that is not there, or fp16 on the CPU, fails here, before any run
+    device = devices.job_device(c.train.device, task, precision=c.train.precision)
     job = _job(c, task, tracker, root, experiment or c.name, progress, device)
     search = _Search(c, task, job)
     task.prepare()  # a missing dataset fails here, before any MLflow run exists

@@ -387,7 +387,7 @@ class _Work:
         target = plugins.make_task(c.task.plugin, c.task.name, c.task.options, available=plugins.discover(),
                                    data_root=self.data_root)
         target.prepare()
-        device = devices.job_device(c.train.device, target, worker=pool.worker_index())
+        device = devices.job_device(c.train.device, target, worker=pool.worker_index(), precision=c.train.precision)
         job = _job(c, target, Tracker(self.tracker_uri), self.root, self.experiment, progress, self.sources,
                    self.identity, self.digest, device)
         job.parent, job.exp_id = self.parent, self.exp_id
@@ -412,8 +412,8 @@ def run_transfer(config: TransferConfig, target: Task, sources: list[Source], tr
         if missing:
             raise TicketError(f"--compare has no ticket at level(s) {missing}; its levels: {sorted(by_level)}")
         c = dataclasses.replace(c, arms=tuple(dict.fromkeys([*c.arms, "target_ticket"])))
-    device = devices.job_device(c.train.device, target)  # a GPU that is not there fails before any run
-    devices.check_precision(c.train.precision, device)
+    # a GPU that is not there, or fp16 on the CPU, fails before any run
+    device = devices.job_device(c.train.device, target, precision=c.train.precision)
     target.prepare()
     model = target.build_model(c.seed)
     for s in sources:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ticketx.devices import rng_devices
+from ticketx.devices import canonical, rng_devices
 from ticketx.task import DataError, Masks, MetricSpec, Observer, Plan, TaskError
 from ticketx.training import EpochBatches, balanced_sample, cross_entropy_loss, evaluate_classifier, fit, prefixed
 
@@ -111,9 +111,7 @@ class LMData:
 
 def on_device(task: LanguageModelTask | ClassifyTask, device: torch.device | str) -> Any:
     """`task.data()` on `device`: the CPU's own object there, else a copy made once per task and device."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = canonical(device)
     if device.type == "cpu":
         return task.data()
     if device not in task._on_device:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ticketx.devices import rng_devices
+from ticketx.devices import canonical, rng_devices
 from ticketx.task import DataError, Masks, MetricSpec, Observer, Plan
 from ticketx.training import EpochBatches, balanced_sample, cross_entropy_loss, evaluate_classifier, fit, prefixed
 
@@ -181,9 +181,7 @@ class VisionTask:
 
     def splits_on(self, device: torch.device | str) -> StoredSplits:
         """`splits()` on `device`: the CPU's own object there, else a copy made on first use and kept."""
-        device = torch.device(device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
+        device = canonical(device)
         s = self.splits()
         if device == s.device:
             return s
