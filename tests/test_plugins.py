@@ -6,6 +6,18 @@ import pytest
 
 from ticketx import plugins
 from ticketx.plugins import GROUP, PluginError
+from toy import ToyTask
+
+
+class _Task(ToyTask):
+    """A task of the fake plugin "a": the toy task, named as the plugin it comes from."""
+
+    def __init__(self, name, options, data_root):
+        super().__init__("gauss", {})
+        self.made = (name, options, data_root)
+
+    def spec(self):
+        return {**super().spec(), "plugin": "a", "task": self.made[0]}
 
 
 def ep(name, value):
@@ -21,7 +33,7 @@ def fake_modules(monkeypatch: pytest.MonkeyPatch):
             return {"t1": "a task"}
 
         def make_task(self, name, options, *, data_root):
-            return ("task", name, dict(options), data_root)
+            return _Task(name, dict(options), data_root)
 
     good.Good = Good
     good.not_a_plugin = object()
@@ -41,7 +53,7 @@ def test_bad_env_entry():
 
 def test_load_and_make_task(fake_modules):
     avail = {"a": [ep("a", "fake_good:Good")]}
-    assert plugins.make_task("a", "t1", {"x": 1}, available=avail, data_root=None) == ("task", "t1", {"x": 1}, None)
+    assert plugins.make_task("a", "t1", {"x": 1}, available=avail, data_root=None).made == ("t1", {"x": 1}, None)
     with pytest.raises(PluginError, match=r"plugin 'a' has no task 'zz'; its tasks: t1"):
         plugins.make_task("a", "zz", {}, available=avail, data_root=None)
 
@@ -54,7 +66,8 @@ def test_unknown_plugin_lists_installed():
 def test_import_failure_names_plugin_and_error_while_others_work(fake_modules):
     avail = {"broken": [ep("broken", "no_such_module_xyz:P")], "a": [ep("a", "fake_good:Good")]}
     with pytest.raises(PluginError, match=r"plugin 'broken' from TICKETX_PLUGINS \(no_such_module_xyz:P\) "
-                                          r"failed to import: ModuleNotFoundError"):
+                                          r"failed to import: ModuleNotFoundError.*the module must be "
+                                          r"importable \(pip install -e the plugin, or put its folder on PYTHONPATH\)"):
         plugins.load("broken", avail)
     rows = {name: found for name, _, found in plugins.describe(avail)}
     assert rows["a"] == {"t1": "a task"} and "failed to import" in rows["broken"]

@@ -169,6 +169,8 @@ def test_architecture_mismatch_names_tensors_shapes_and_head(found, tracker, tmp
     assert "0.weight: ticket shape (32, 16), model shape (16, 16)" in msg
     assert "2.weight: ticket shape (32, 32), model shape (16, 16)" in msg
     assert "the head rule re-initialised ['4.bias', '4.weight']" in msg
+    assert "(found on toy/gauss) does not fit the target toy/gauss: 0.weight: ticket shape" in msg
+    assert "{" not in msg  # no task dict pasted in (it was cut at the first ': ' inside its repr)
     assert tracker.client.get_experiment_by_name(experiment) is None  # nothing logged
 
 

@@ -334,8 +334,8 @@ def run_find(config: FindConfig, task: Task, tracker: Tracker, *, root: Path,
     # and criteria the task cannot give what they need (scoring data, an input shape)
     pruning.check_task(task, {a: armlib.FIND[a].criterion for a in c.arms if armlib.FIND[a].criterion},
                        per_class=c.prune.scoring_per_class)
-    job.open()
     try:
+        job.open()  # inside: a run it started is marked FAILED (or KILLED) whatever fails after
         units = search.units()
         work = _Work(c, data_root, tracker.uri, Path(root), job.experiment, job.parent, job.exp_id,
                      device.startswith("cuda"))

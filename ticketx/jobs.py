@@ -58,8 +58,12 @@ class Recorder:
 
     def __init__(self, tracker: Tracker, run_id: str, *, capture_at: int | None, progress: Progress,
                  info: Mapping[str, Any], logged: Mapping[str, set[int]] | None = None,
-                 early_bird: EarlyBird | None = None) -> None:
+                 early_bird: EarlyBird | None = None, masks: Masks | None = None,
+                 what: str = "") -> None:
         self.tracker, self.run_id, self.capture_at = tracker, run_id, capture_at
+        # checked once, at the first step reported: a train() that does not apply the masks fails there,
+        # not after the whole arm (check_masked runs again on the trained model)
+        self.masks, self.what = masks, what
         self.early_bird = early_bird
         self.stopped_at: int | None = None  # the step at which StopTraining ended training
         self.progress, self.info = progress, dict(info)
@@ -69,6 +73,9 @@ class Recorder:
         self.checkpoints: ArmCheckpoints | None = None
 
     def on_step(self, step: int, model: nn.Module) -> None:
+        if self.masks is not None:
+            masks, self.masks = self.masks, None
+            check_masked(model, masks, f"{self.what} after step {step}")
         if step == self.capture_at:
             self.captured = clone_state(model)
         if self.early_bird is not None and self.early_bird.observe(step, model):
@@ -99,12 +106,19 @@ class Recorder:
     def summary(self, spec: MetricSpec) -> tuple[int, dict[str, float], dict[str, float]]:
         """(early-stop step, metrics there, metrics at the last evaluation)."""
         if not self.history:
-            raise RuntimeError("the task reported no evaluation; Task.train must call observer.on_eval")
+            raise TaskError("the task reported no evaluation; Task.train must call observer.on_eval")
         sign = -1.0 if spec.early_stop_higher_is_better else 1.0
         key = spec.early_stop
         scored = [(sign * m[key], i) for i, (_, m) in enumerate(self.history) if key in m]
+        reported = sorted({k for _, m in self.history for k in m})
         if not scored:
-            raise RuntimeError(f"the task never reported its early-stop metric {key!r}")
+            raise TaskError(f"the task never reported its early-stop metric {key!r} (MetricSpec.early_stop); "
+                            f"it reported {reported}")
+        lacking = [k for k in (f"val_{spec.primary}", f"test_{spec.primary}") if k not in reported]
+        if lacking:  # without them the results table and every comparison would be empty
+            raise TaskError(f"the task never reported {' or '.join(lacking)} (MetricSpec.primary is "
+                            f"{spec.primary!r}); it reported {reported}: Task.train must report val_<primary> "
+                            "and test_<primary> through observer.on_eval")
         best = min(scored)[1]  # the first evaluation reaching the best value
         step, at_best = self.history[best]
         # a split evaluated less often than val (test) is taken from the nearest later evaluation
@@ -150,6 +164,7 @@ class Job:
 
     def open(self) -> None:
         """Resume this job's parent run in this tracking store, or start it."""
+        task_spec = self.task.spec()  # third-party code: called before any run is started or reopened
         self.tracker.check_reachable()
         self.exp_id = self.tracker.experiment(self.experiment)
         state_file = self.dir / "job.json"
@@ -163,6 +178,7 @@ class Job:
                 self.tracker.log_params(parent, self.params)
         if parent:
             self.tracker.reopen(parent)
+            self.parent = parent  # reopened: a failure from here ends it again (Job.fail)
             runs[self.tracker.uri] = parent
             resumable = self._checkpointed_runs()
             for child in self.tracker.child_runs(self.exp_id, parent):
@@ -183,10 +199,10 @@ class Job:
             parent = self.tracker.start_run(self.exp_id, f"{self.kind} {self.name}",
                                             tags=tags, params=self.params)
             runs[self.tracker.uri] = parent
-        self.parent = parent
+        self.parent = parent  # from here a failure ends it (Job.fail)
         self.tracker.set_tags(parent, {"ticketx.device": self.device})
         write_json(state_file, {"kind": self.kind, "config": dict(self.config), "config_hash": self.hash,
-                                "task": self.task.spec(), "parent_runs": runs, "experiment": self.experiment})
+                                "task": task_spec, "parent_runs": runs, "experiment": self.experiment})
 
     def _checkpointed_runs(self) -> set[str]:
         """Run ids of arms that left a checkpoint: their runs are continued when the arm resumes."""
@@ -246,6 +262,7 @@ class Job:
         try:
             model = s.model.to(self.device)  # in place: s.model is this model
             on_device = {n: m.to(self.device) for n, m in s.masks.items()}
+            recorder.masks, recorder.what = on_device, f"{arm} ({run_name})"
             try:
                 self.task.train(model, on_device, plan, recorder)
             except torch.OutOfMemoryError:
@@ -257,8 +274,11 @@ class Job:
                 ) from None
             seconds = clock["before"] + time.perf_counter() - clock["began"]
             model.to("cpu")
-            check_masked(model, s.masks, f"{arm} ({run_name})")
-            es_step, at_es, final = recorder.summary(self.task.metrics)
+            check_masked(model, s.masks, f"{arm} ({run_name}) after training")
+            try:
+                es_step, at_es, final = recorder.summary(self.task.metrics)
+            except TaskError as e:
+                raise TaskError(f"{run_name}: {e}") from None
             extra = (after(model, recorder, run_id) if after is not None else None) or {}
         except BaseException as e:
             s.model.to("cpu")
@@ -321,12 +341,13 @@ class Job:
 
 
 def check_masked(model: nn.Module, masks: Masks, what: str) -> None:
-    """Raise if any pruned weight of `model` is nonzero (a task's train() that let weights regrow)."""
+    """Raise TaskError if any pruned weight of `model` is nonzero (a task's train() that does not apply the
+    masks, or lets pruned weights regrow)."""
     params = dict(model.named_parameters())
     for name, m in masks.items():
         if bool((params[name].detach()[m == 0] != 0).any()):
-            raise RuntimeError(f"{what}: pruned weights of {name} are nonzero after training; "
-                               "the task's train() must keep masked weights at zero")
+            raise TaskError(f"{what}: pruned weights of {name} are nonzero; the task's train() must apply the "
+                            "masks and keep masked weights at zero (ticketx.training.fit does both)")
 
 
 def summarise(records: list[dict[str, Any]], spec: MetricSpec, by: tuple[str, ...] = ("level", "arm"),

@@ -1,7 +1,9 @@
 """Plugin discovery through the `ticketx.plugins` entry-point group, loaded only when asked.
 
 Built-in plugins are installed and found exactly like third-party ones. `TICKETX_PLUGINS` adds plugins
-that are not installed (`name=module:attr`, comma-separated), for trying out a plugin under development.
+that are not installed (`name=module:attr`, comma-separated), for trying out a plugin under development;
+the module must be importable (on PYTHONPATH). Every task a plugin makes is checked against the Task
+contract (`ticketx.task.check_contract`) before the core uses it.
 Every error names the plugin and where it came from; one broken plugin never hides the others.
 """
 
@@ -13,7 +15,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
-from .task import Plugin, Task
+from .task import Plugin, Task, check_contract
 
 GROUP = "ticketx.plugins"
 ENV = "TICKETX_PLUGINS"
@@ -57,8 +59,12 @@ def load(name: str, available: Mapping[str, list[EntryPoint]]) -> Plugin:
     try:
         obj = ep.load()
     except Exception as e:  # any import-time failure of third-party code
+        hint = ""
+        if isinstance(e, ModuleNotFoundError) and getattr(ep, "dist", None) is None:
+            hint = (f"; {ENV} names a module, it does not install it: the module must be importable "
+                    "(pip install -e the plugin, or put its folder on PYTHONPATH)")
         raise PluginError(f"plugin {name!r} from {_origin(ep)} failed to import: "
-                          f"{type(e).__name__}: {e}") from e
+                          f"{type(e).__name__}: {e}{hint}") from e
     try:
         # a class or factory is called; an object that already is a plugin is used as it is
         make = isinstance(obj, type) or (callable(obj) and not hasattr(obj, "make_task"))
@@ -74,12 +80,15 @@ def load(name: str, available: Mapping[str, list[EntryPoint]]) -> Plugin:
 
 def make_task(plugin_name: str, task_name: str, options: Mapping[str, Any], *,
               available: Mapping[str, list[EntryPoint]], data_root: Path | None) -> Task:
-    """Build a task through its plugin, checking the name against the plugin's task list."""
+    """Build a task through its plugin, checking the name against the plugin's task list and the task
+    against the Task contract (`ticketx.task.check_contract`: TaskError, one line)."""
     plugin = load(plugin_name, available)
     tasks = plugin.tasks()
     if task_name not in tasks:
         raise PluginError(f"plugin {plugin_name!r} has no task {task_name!r}; its tasks: {', '.join(sorted(tasks))}")
-    return plugin.make_task(task_name, options, data_root=data_root)
+    task = plugin.make_task(task_name, options, data_root=data_root)
+    check_contract(task, plugin_name, task_name)
+    return task
 
 
 def describe(available: Mapping[str, list[EntryPoint]]) -> list[tuple[str, str, dict[str, str] | str]]:

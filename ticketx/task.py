@@ -147,6 +147,45 @@ class Plugin(Protocol):
         """Build the named task. Unknown options are an error that names them (raise `TaskError`)."""
 
 
+REQUIRED = ("spec", "prepare", "build_model", "prunable", "head", "train", "evaluate")  # Task's methods
+OPTIONAL = ("check_source", "check_ticket", "check_plan", "example_inputs", "scoring_batches", "scoring_loss",
+            "scoring_input_shape")  # hooks looked up with getattr; where present they must be callable
+
+
+def check_contract(task: Any, plugin: str, name: str) -> None:
+    """Raise TaskError, in one line naming the plugin, the task and what is wrong, unless `task` (made by
+    plugin `plugin` as its task `name`) has every member of `Task`: the methods callable, `metrics` a
+    MetricSpec, and `spec()` a JSON-serialisable dict naming this plugin and task with its options.
+    `ticketx.plugins.make_task` calls it on every task it makes, before the task is used."""
+    import json
+
+    where = f"plugin {plugin!r}, task {name!r} ({type(task).__module__}.{type(task).__qualname__})"
+    missing = [m for m in REQUIRED if not callable(getattr(task, m, None))]
+    missing += [f"{m} (not callable)" for m in OPTIONAL if hasattr(task, m) and not callable(getattr(task, m))]
+    if not isinstance(getattr(task, "metrics", None), MetricSpec):
+        missing.append("metrics (a ticketx.task.MetricSpec)")
+    if missing:
+        raise TaskError(f"{where} does not meet the Task contract: it lacks {', '.join(missing)} "
+                        "(see docs/PLUGINS.md)")
+    try:
+        spec = task.spec()
+    except Exception as e:  # third-party code: its error, named and placed
+        raise TaskError(f"{where}: spec() raised {type(e).__name__}: {e}") from e
+    if not isinstance(spec, dict) or not {"plugin", "task", "options"} <= set(spec):
+        raise TaskError(f"{where}: spec() must return a dict with keys 'plugin', 'task' and 'options', "
+                        f"got {spec!r:.200}")
+    if spec["plugin"] != plugin or spec["task"] != name:
+        raise TaskError(f"{where}: spec() names plugin {spec['plugin']!r}, task {spec['task']!r}; it must name "
+                        f"the plugin's entry-point name {plugin!r} and the task {name!r}, or tickets and "
+                        "exports would rebuild another task")
+    if not isinstance(spec["options"], dict):
+        raise TaskError(f"{where}: spec()['options'] must be a dict, got {type(spec['options']).__name__}")
+    try:
+        json.dumps(spec, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TaskError(f"{where}: spec() must be JSON-serialisable (it is saved with every ticket): {e}") from e
+
+
 def check_plan(task: Task, plan: Plan) -> None:
     """The task's optional `check_plan` hook, if it has one."""
     hook = getattr(task, "check_plan", None)

@@ -249,6 +249,15 @@ def check_fits(ticket: Ticket, model: nn.Module, prunable: Mapping[str, torch.Te
 
     `ignore` names parameters (e.g. a task's head) the caller will re-initialise instead of loading.
     """
+    problems = fit_problems(ticket, model, prunable, ignore=ignore)
+    if problems:
+        where = f"ticket {ticket.path}" if ticket.path else "ticket"
+        raise TicketError(f"{where} (task {task_name(ticket.meta)}) does not fit this model: " + "; ".join(problems))
+
+
+def fit_problems(ticket: Ticket, model: nn.Module, prunable: Mapping[str, torch.Tensor],
+                 *, ignore: set[str] = frozenset()) -> list[str]:
+    """Every way `ticket` does not match `model`, one phrase each (empty: it fits); see `check_fits`."""
     state = model.state_dict()
     problems = []
     for name in sorted(set(state) - set(ticket.weights) - ignore):
@@ -264,7 +273,12 @@ def check_fits(ticket: Ticket, model: nn.Module, prunable: Mapping[str, torch.Te
     want, have = set(prunable) - ignore, set(ticket.masks) - ignore
     if want != have:
         problems.append(f"masks cover {sorted(have)} but the task prunes {sorted(want)}")
-    if problems:
-        src = ticket.meta.get("task", {})
-        where = f"ticket {ticket.path}" if ticket.path else "ticket"
-        raise TicketError(f"{where} (task {src}) does not fit this model: " + "; ".join(problems))
+    return problems
+
+
+def task_name(meta: Mapping[str, Any]) -> str:
+    """`plugin/task` of the task a ticket was found on, as its metadata records it ('?' where it does not)."""
+    src = meta.get("task")
+    if not isinstance(src, Mapping):
+        return "?"
+    return f"{src.get('plugin', '?')}/{src.get('task', '?')}"

@@ -180,12 +180,11 @@ def check_source(source: Source, target: Task, model: nn.Module) -> None:
     if check is not None:
         check(source.ticket.meta)
     head = target.head(model)
-    try:
-        ticketlib.check_fits(source.ticket, model, target.prunable(model), ignore=head)
-    except TicketError as e:
-        raise TicketError(f"{source.where} does not fit the target {spec.get('plugin')}/{spec.get('task')}: "
-                          f"{str(e).split(': ', 1)[-1]} (the head rule re-initialised {sorted(head)} on the "
-                          "target and did not compare them)") from None
+    problems = ticketlib.fit_problems(source.ticket, model, target.prunable(model), ignore=head)
+    if problems:
+        raise TicketError(f"{source.where} (found on {ticketlib.task_name(source.ticket.meta)}) does not fit "
+                          f"the target {spec.get('plugin')}/{spec.get('task')}: {'; '.join(problems)} (the head "
+                          f"rule re-initialised {sorted(head)} on the target and did not compare them)")
 
 
 def _head_masks(source: Ticket, prunable: Mapping[str, torch.Tensor], head: set[str], mode: str,
@@ -432,8 +431,8 @@ def run_transfer(config: TransferConfig, target: Task, sources: list[Source], tr
         note += f" (find run [{src_run}](#/experiments/{tracker.get_run(src_run).info.experiment_id}/runs/{src_run}))"
     job = _job(c, target, tracker, root, experiment or c.name, progress, sources, identity, digest, device)
     job.tags.update({"mlflow.note.content": note})
-    job.open()
     try:
+        job.open()  # inside: a run it started is marked FAILED (or KILLED) whatever fails after
         transfer = _Transfer(c, target, sources, by_level, job)
         work = _Work(c, sources, tuple(compare), identity, digest, data_root, tracker.uri, Path(root),
                      job.experiment, job.parent, job.exp_id, device.startswith("cuda"))
