@@ -28,6 +28,13 @@ def test_required_keys_exist_with_their_names(tmp_path: Path):
     assert cfg.name == "r"  # default name: the recipe's file name
 
 
+def test_load_takes_a_str_path_and_a_bare_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "r.toml").write_text('[task]\nplugin = "toy"\nname = "gauss"\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = C.load("r.toml", "train.steps=12")  # as typed in a notebook
+    assert (cfg.name, cfg.train.steps) == ("r", 12)
+
+
 def test_override_creates_task_options_and_lists():
     data = C.apply_overrides(BASE, ["task.hidden=8", "train.milestones=[10, 20]", "arms=['ticket']"])
     cfg = C.from_dict(data)

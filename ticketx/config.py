@@ -464,8 +464,9 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     return out
 
 
-def read_recipe(path: Path) -> dict[str, Any]:
+def read_recipe(path: str | Path) -> dict[str, Any]:
     """Parse a TOML recipe file into plain data."""
+    path = Path(path).expanduser()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -478,8 +479,10 @@ def read_recipe(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
 
 
-def load(path: Path, overrides: Sequence[str] = (), cls: type[RunConfig] = FindConfig) -> Any:
-    """Read a recipe, apply `--set` overrides, and check everything."""
+def load(path: str | Path, overrides: Sequence[str] = (), cls: type[RunConfig] = FindConfig) -> Any:
+    """Read a recipe (a `str` or `Path`), apply `--set` overrides (`"train.steps=500"`), check everything."""
+    if isinstance(overrides, str):  # one override given bare would be read letter by letter
+        overrides = [overrides]
     data = apply_overrides(read_recipe(path), overrides)
-    data.setdefault("name", path.stem)
+    data.setdefault("name", Path(path).stem)
     return from_dict(data, cls)
