@@ -12,7 +12,7 @@ from ticketx import analysis as A
 from ticketx import config as C
 from ticketx import instability, report
 from ticketx.cli import main
-from ticketx.find import run_find
+from ticketx.findjob import run_find
 from toy import ToyTask
 
 
@@ -183,7 +183,14 @@ def test_instability_command(cli_env, recipe, tmp_path):
     assert r.exit_code == 0, r.output
     lines = [x.split() for x in r.output.splitlines() if x.strip().startswith(("0 ", "50 "))]
     assert [x[0] for x in lines] == ["0", "50"] and all(float(x[1]) >= 0 for x in lines)
-    assert (tmp_path / "out" / "instability-toycli" / "instability.png").exists()
+    (first,) = (tmp_path / "out").glob("instability-toycli-*")
+    assert (first / "instability.png").exists()
+    csv_before = (first / "instability.csv").read_text()
+    r = CliRunner().invoke(main, ["instability", str(recipe), "--rewind", "50", "--points", "3",
+                                  "--out", str(tmp_path / "out")])  # another question: another folder
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "out").glob("instability-toycli-*"))) == 2
+    assert (first / "instability.csv").read_text() == csv_before  # the first run's results kept
     r = CliRunner().invoke(main, ["instability", str(recipe), "--rewind", "zero"])
     assert r.exit_code != 0 and "comma-separated integers" in r.output
     r = CliRunner().invoke(main, ["instability", str(recipe), "--rewind", "100"])

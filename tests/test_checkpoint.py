@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from ticketx import checkpoint as ck
 from ticketx import config as C
-from ticketx.find import run_find
+from ticketx.findjob import run_find
 from ticketx.tracking import Tracker
 from toy import ToyTask
 

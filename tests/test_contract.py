@@ -14,8 +14,8 @@ import torch
 
 from ticketx import config as C
 from ticketx import plugins, training
-from ticketx.find import run_find
-from ticketx.task import TaskError, check_contract
+from ticketx.findjob import run_find
+from ticketx.task import TaskError, check_contract, check_spec
 from toy import ToyTask
 
 BASE = {"name": "contract", "task": {"plugin": "toy", "name": "gauss"},
@@ -71,7 +71,8 @@ def statuses(tracker, experiment):
 
 
 def test_the_toy_task_meets_the_contract():
-    check_contract(ToyTask("gauss", {}), "toy", "gauss")  # raises on any breach: the cases below
+    check_contract(ToyTask("gauss", {}), "toy", "gauss")  # raise on any breach: the cases below
+    check_spec(ToyTask("gauss", {}), "toy", "gauss")
 
 
 @pytest.mark.parametrize("task, says", [
@@ -83,6 +84,7 @@ def test_the_toy_task_meets_the_contract():
 def test_a_breach_is_one_line_naming_plugin_task_and_what_is_wrong(task, says):
     with pytest.raises(TaskError) as e:
         check_contract(task, "toy", "gauss")
+        check_spec(task, "toy", "gauss")
     msg = str(e.value)
     assert msg.startswith(f"plugin 'toy', task 'gauss' (test_contract.{type(task).__name__})") and says in msg
     assert "\n" not in msg
@@ -143,7 +145,13 @@ def test_a_task_that_never_reports_val_primary_is_refused_naming_it(tmp_path, tr
     assert statuses(tracker, experiment) == ["FAILED", "FAILED"]
 
 
+def test_a_misnamed_spec_fails_a_find_before_any_run(tmp_path, tracker, experiment):
+    with pytest.raises(TaskError, match="spec\\(\\) names plugin 'vision'"):
+        run_find(C.from_dict(BASE), Misnamed("gauss", {}), tracker, root=tmp_path, experiment=experiment)
+    assert statuses(tracker, experiment) == [] and not list(tmp_path.iterdir())
+
+
 def test_spec_raising_leaves_no_run_running(tmp_path, tracker, experiment):
-    with pytest.raises(OSError, match="index went away"):
+    with pytest.raises(TaskError, match="spec\\(\\) raised OSError: the dataset's index went away"):
         run_find(C.from_dict(BASE), SpecFails("gauss", {}), tracker, root=tmp_path, experiment=experiment)
     assert "RUNNING" not in statuses(tracker, experiment)

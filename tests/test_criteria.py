@@ -16,10 +16,10 @@ from ticketx import masks as M
 from ticketx import pruning as P
 from ticketx import ticket as T
 from ticketx.cli import _early_bird_line, _gap_line, _table
-from ticketx.find import ARM_ORDER, run_find, summarise
+from ticketx.findjob import ARM_ORDER, run_find, summarise
 from ticketx.report import from_job_dir, rows as report_rows
 from ticketx.task import MetricSpec, Plan, TaskError
-from ticketx.transfer import resolve
+from ticketx.transferjob import resolve
 from toy import ToyTask
 
 BASE = {"name": "criteria", "task": {"plugin": "toy", "name": "gauss"},
@@ -133,9 +133,17 @@ def test_report_table_and_cli_summary_name_every_arm(job):
     assert (at1["ticket"]["criterion"], at1["ticket"]["ablation"]) == ("imp", "none")
     summary = summarise(result.records, result.metrics, order=ARM_ORDER)
     gap = _gap_line(summary, "accuracy", True)
-    assert all(f" {arm} by " in gap for arm in ARMS[1:])
+    assert all(f" {arm} by " in gap or f"ties {arm} (" in gap for arm in ARMS[1:])
     alone = [r for r in summary if r["arm"] in ("dense", "ticket")]
     assert _gap_line(alone, "accuracy", True) == ""  # a ticket with nothing to compare is no summary line
+
+
+def test_the_summary_line_says_ties_beats_and_does_not_beat():
+    rows = [{"level": 1, "arm": arm, "density": 0.5, "es_test_accuracy_mean": acc}
+            for arm, acc in (("ticket", 0.9), ("snip", 0.9), ("synflow", 0.95), ("random_prune", 0.85))]
+    assert _gap_line(rows, "accuracy", True) == (
+        "\nat 50.00% of weights, the ticket (test accuracy at early stop) ties snip (+0.00 points), "
+        "does not beat synflow by -5.00 points, beats random_prune by +5.00 points")
 
 
 EARLY = ["arms=['ticket', 'random_prune']", "prune.levels=2", "train.steps=300", "train.eval_every=100",

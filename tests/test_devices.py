@@ -13,7 +13,7 @@ from torch import nn
 from ticketx import config as C
 from ticketx import devices, pool, training
 from ticketx.devices import DeviceError
-from ticketx.find import run_find
+from ticketx.findjob import run_find
 from ticketx.task import Plan
 from toy import ToyTask
 

@@ -70,3 +70,17 @@ def test_cli_export_of_a_found_ticket(cli_env, recipe, experiment, tmp_path):
     assert diff < 1e-4
     r = CliRunner().invoke(main, ["export", str(tmp_path), "--out", str(tmp_path / "u.pt")])
     assert r.exit_code == 1 and "incomplete ticket, missing masks.safetensors" in r.output
+
+
+def test_export_says_when_the_task_gives_no_inputs_to_check_on(cli_env, recipe, experiment, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from toy import ToyTask
+    r = CliRunner().invoke(main, ["find", str(recipe), "--experiment", experiment, "--set", "train.steps=50"])
+    assert r.exit_code == 0, r.output
+    ticket = next(Path("ticketx-runs").glob("toycli-*/r0/L01/ticket"))
+    monkeypatch.delattr(ToyTask, "example_inputs")
+    r = CliRunner().invoke(main, ["export", str(ticket), "--out", str(tmp_path / "t.pt")])
+    assert r.exit_code == 0, r.output
+    assert "not checked or timed: task toy/gauss has no example_inputs(n) hook" in r.output
+    assert "max |exported - masked dense|" not in r.output

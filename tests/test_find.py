@@ -8,7 +8,8 @@ from ticketx import config as C
 from ticketx import masks as M
 from ticketx import ticket as T
 from ticketx import training
-from ticketx.find import run_find, summarise
+from ticketx.findjob import run_find, summarise
+from ticketx.task import TaskError
 from toy import ToyTask
 
 BASE = {"name": "toy", "task": {"plugin": "toy", "name": "gauss"},
@@ -188,7 +189,8 @@ def test_a_task_that_lets_pruned_weights_regrow_is_caught(tmp_path, tracker, exp
                      evaluate=self._evaluate)
 
     monkeypatch.setattr(ToyTask, "train", unmasked)
-    with pytest.raises(RuntimeError, match="pruned weights of 0.weight are nonzero after training"):
+    with pytest.raises(TaskError, match=r"ticket \(L01 ticket r0\) after step 1: pruned weights of 0.weight are "
+                                        "nonzero"):
         run_find(cfg(), ToyTask("gauss", {}), tracker, root=tmp_path, experiment=experiment)
 
 

@@ -7,7 +7,7 @@ import pytest
 from servers import Server
 from ticketx import config as C
 from ticketx import ticket as T
-from ticketx.find import run_find
+from ticketx.findjob import run_find
 from ticketx.tracking import Tracker
 from toy import ToyTask
 

@@ -5,7 +5,7 @@ import pytest
 
 from ticketx import config as C
 from ticketx import pool
-from ticketx.find import run_find
+from ticketx.findjob import run_find
 from toy import ToyTask
 
 FIND = {"name": "pooltoy", "replicates": 2, "task": {"plugin": "toy", "name": "gauss"},
@@ -61,7 +61,7 @@ def test_a_failing_worker_fails_the_job_and_keeps_other_results(tmp_path, tracke
 
 def test_transfer_with_workers_gives_the_same_numbers(tmp_path, tracker, experiment, toy_env):
     from ticketx.task import MetricSpec
-    from ticketx.transfer import resolve, run_transfer
+    from ticketx.transferjob import resolve, run_transfer
     found = run_find(C.from_dict({**FIND, "replicates": 1}), ToyTask("gauss", {}), tracker, root=tmp_path,
                      experiment=experiment)
     sources = resolve(str(found.job_dir), tracker, MetricSpec(), levels="all", workdir=tmp_path / "f")

@@ -10,7 +10,7 @@ import pytest
 
 from ticketx import config as C
 from ticketx import pool
-from ticketx.find import run_find
+from ticketx.findjob import run_find
 from toy import ToyTask
 
 ray = pytest.importorskip("ray", reason='the Ray backend needs pip install "ticketx[ray]"')

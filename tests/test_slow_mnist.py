@@ -8,7 +8,7 @@ import pytest
 
 from ticketx import config as C
 from ticketx import plugins
-from ticketx.find import run_find, summarise
+from ticketx.findjob import run_find, summarise
 
 DATA = Path(os.environ.get("TICKETX_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
@@ -34,7 +34,7 @@ def test_mnist_ticket_transfers_to_fashion_mnist(tmp_path, tracker, experiment):
     """MNIST -> Fashion-MNIST end to end on a small budget: the transfer runs every arm and records it."""
     if not (DATA / "FashionMNIST" / "raw").is_dir():
         pytest.skip(f"Fashion-MNIST not found under {DATA}")
-    from ticketx.transfer import resolve, run_transfer
+    from ticketx.transferjob import resolve, run_transfer
     cfg = C.load(QUICKSTART, ["replicates=1", "prune.levels=2", "train.steps=1000"])
     available = plugins.discover({})
     source_task = plugins.make_task("vision", "mnist", cfg.task.options, available=available, data_root=DATA)

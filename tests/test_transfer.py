@@ -6,11 +6,11 @@ import torch
 from ticketx import config as C
 from ticketx import masks as M
 from ticketx import ticket as T
-from ticketx.find import run_find
+from ticketx.findjob import run_find
 from ticketx.task import MetricSpec
 from ticketx.ticket import TicketError
 from ticketx.tracking import TrackingError
-from ticketx.transfer import Source, choose_lr, peek, resolve, run_transfer, target_config
+from ticketx.transferjob import Source, choose_lr, peek, resolve, run_transfer, target_config
 from toy import ToyTask
 
 FIND = {"name": "src", "task": {"plugin": "toy", "name": "gauss"},
@@ -169,7 +169,7 @@ def test_architecture_mismatch_names_tensors_shapes_and_head(found, tracker, tmp
     assert "0.weight: ticket shape (32, 16), model shape (16, 16)" in msg
     assert "2.weight: ticket shape (32, 32), model shape (16, 16)" in msg
     assert "the head rule re-initialised ['4.bias', '4.weight']" in msg
-    assert "(found on toy/gauss) does not fit the target toy/gauss: 0.weight: ticket shape" in msg
+    assert "(found on toy/gauss) does not fit the target toy/gauss: 0.bias: ticket shape (32,)" in msg
     assert "{" not in msg  # no task dict pasted in (it was cut at the first ': ' inside its repr)
     assert tracker.client.get_experiment_by_name(experiment) is None  # nothing logged
 
@@ -213,7 +213,7 @@ def test_target_by_task_name_keeps_source_options_and_training(found):
 def test_source_task_tag_is_valid_json_within_the_tag_limit():
     import json
 
-    from ticketx.transfer import source_task_tag
+    from ticketx.transferjob import source_task_tag
     task = {"plugin": "nlp", "task": "word_lm", "options": {"vocab": [f"w{i}" for i in range(5000)], "hidden": 200}}
     tag = source_task_tag(task)
     assert len(tag) <= 5000

@@ -1,6 +1,6 @@
 """Configs: frozen dataclasses checked when built, read from TOML recipes, changed by `--set KEY=VALUE`.
 
-*What* to run lives here (open_lth's hyperparameter descriptions); *how* lives in `find.py`. A config's
+*What* to run lives here (open_lth's hyperparameter descriptions); *how* lives in `findjob.py`. A config's
 hash names its job folder, so running the same config again resumes it.
 """
 
@@ -449,11 +449,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """A deep copy of `data` with each `KEY=VALUE` override set (tables are created as needed)."""
+Overrides = Sequence[str] | Mapping[str, Any]  # ["train.lr=0.1", ...] (TOML values), or {"train.lr": 0.1}
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Overrides) -> dict[str, Any]:
+    """A deep copy of `data` with each override set (tables are created as needed): `KEY=VALUE` strings,
+    as `--set` takes them, or a mapping of dotted keys to values, as the Python API takes them."""
     out = copy.deepcopy(dict(data))
-    for text in overrides:
-        path, value = parse_override(text)
+    pairs = ([(key.split("."), value) for key, value in overrides.items()] if isinstance(overrides, Mapping)
+             else [parse_override(text) for text in overrides])
+    for path, value in pairs:
         node = out
         for part in path[:-1]:
             child = node.setdefault(part, {})
@@ -479,8 +484,9 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
 
 
-def load(path: str | Path, overrides: Sequence[str] = (), cls: type[RunConfig] = FindConfig) -> Any:
-    """Read a recipe (a `str` or `Path`), apply `--set` overrides (`"train.steps=500"`), check everything."""
+def load(path: str | Path, overrides: Overrides = (), cls: type[RunConfig] = FindConfig) -> Any:
+    """Read a recipe (a `str` or `Path`), apply overrides (`"train.steps=500"` strings or a mapping, see
+    `apply_overrides`), and check everything."""
     if isinstance(overrides, str):  # one override given bare would be read letter by letter
         overrides = [overrides]
     data = apply_overrides(read_recipe(path), overrides)

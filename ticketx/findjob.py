@@ -36,7 +36,7 @@ from . import ticket as ticketlib
 from .config import ConfigError, FindConfig, config_hash, run_params, to_dict
 from .earlybird import EarlyBird
 from .jobs import ArmSetup, Job, Progress, Recorder, clone_state, save_state, summarise
-from .task import Masks, MetricSpec, Task, check_plan
+from .task import Masks, MetricSpec, Task, check_plan, check_spec
 from .tracking import Tracker
 
 DENSE = "dense"
@@ -327,6 +327,7 @@ def run_find(config: FindConfig, task: Task, tracker: Tracker, *, root: Path,
     job = _job(c, task, tracker, root, experiment or c.name, progress, device)
     search = _Search(c, task, job)
     task.prepare()  # a missing dataset fails here, before any MLflow run exists
+    check_spec(task, c.task.plugin, c.task.name)  # what every ticket saves to rebuild the task
     search.check_layers()
     for replicate in range(c.replicates):  # a plan the task cannot train with, likewise
         check_plan(task, c.plan(replicate))

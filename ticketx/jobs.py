@@ -156,8 +156,7 @@ class Job:
         self.device, self.checkpoint_every = device, checkpoint_every  # device: resolved, "cpu" or "cuda:N"
         self.progress: Progress = progress or (lambda event, info: None)
         self.name = name
-        self.dir = Path(root) / f"{name}-{config_hash[:10]}"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(root) / f"{name}-{config_hash[:10]}"  # made by open(): a job refused before has none
         self.experiment, self.tags, self.params = experiment, dict(tags), dict(params)
         self.exp_id = ""
         self.parent = ""
@@ -166,6 +165,7 @@ class Job:
         """Resume this job's parent run in this tracking store, or start it."""
         task_spec = self.task.spec()  # third-party code: called before any run is started or reopened
         self.tracker.check_reachable()
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.exp_id = self.tracker.experiment(self.experiment)
         state_file = self.dir / "job.json"
         state = json.loads(state_file.read_text()) if state_file.exists() else {}

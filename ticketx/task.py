@@ -152,23 +152,35 @@ OPTIONAL = ("check_source", "check_ticket", "check_plan", "example_inputs", "sco
             "scoring_input_shape")  # hooks looked up with getattr; where present they must be callable
 
 
-def check_contract(task: Any, plugin: str, name: str) -> None:
-    """Raise TaskError, in one line naming the plugin, the task and what is wrong, unless `task` (made by
-    plugin `plugin` as its task `name`) has every member of `Task`: the methods callable, `metrics` a
-    MetricSpec, and `spec()` a JSON-serialisable dict naming this plugin and task with its options.
-    `ticketx.plugins.make_task` calls it on every task it makes, before the task is used."""
-    import json
+def _where(task: Any, plugin: str, name: str) -> str:
+    return f"plugin {plugin!r}, task {name!r} ({type(task).__module__}.{type(task).__qualname__})"
 
-    where = f"plugin {plugin!r}, task {name!r} ({type(task).__module__}.{type(task).__qualname__})"
+
+def check_contract(task: Any, plugin: str, name: str) -> None:
+    """Raise TaskError, in one line naming the plugin, the task and what is missing, unless `task` (made by
+    plugin `plugin` as its task `name`) has every member of `Task`: the methods callable (and the optional
+    hooks it has), `metrics` a MetricSpec. `ticketx.plugins.make_task` calls it on every task it makes.
+    It calls nothing of the task: `check_spec` does that once the task's data is loaded."""
     missing = [m for m in REQUIRED if not callable(getattr(task, m, None))]
     missing += [f"{m} (not callable)" for m in OPTIONAL if hasattr(task, m) and not callable(getattr(task, m))]
     if not isinstance(getattr(task, "metrics", None), MetricSpec):
         missing.append("metrics (a ticketx.task.MetricSpec)")
     if missing:
-        raise TaskError(f"{where} does not meet the Task contract: it lacks {', '.join(missing)} "
-                        "(see docs/PLUGINS.md)")
+        raise TaskError(f"{_where(task, plugin, name)} does not meet the Task contract: it lacks "
+                        f"{', '.join(missing)} (see docs/PLUGINS.md)")
+
+
+def check_spec(task: Any, plugin: str, name: str) -> None:
+    """Raise TaskError, in one line, unless `task.spec()` is a JSON-serialisable dict naming this plugin (its
+    entry-point name) and task, with its options: what every ticket saves to rebuild the task. Called
+    after `prepare()` (a spec may need the data: the NLP plugin's names its vocabulary), before any run."""
+    import json
+
+    where = _where(task, plugin, name)
     try:
         spec = task.spec()
+    except TaskError:
+        raise
     except Exception as e:  # third-party code: its error, named and placed
         raise TaskError(f"{where}: spec() raised {type(e).__name__}: {e}") from e
     if not isinstance(spec, dict) or not {"plugin", "task", "options"} <= set(spec):

@@ -33,7 +33,7 @@ from torch import nn
 from . import masks as masklib
 from . import ticket as ticketlib
 from .jobs import check_masked
-from .task import DataError, MetricSpec, Plan, StopTraining, check_contract, check_plan, check_ticket
+from .task import DataError, MetricSpec, Plan, StopTraining, check_contract, check_plan, check_spec, check_ticket
 
 STOP_AT = 2  # the step at which the early-bird arm's observer raises StopTraining
 
@@ -229,9 +229,11 @@ def check_prepare(kit: _Kit) -> list[str]:
 
 
 def check_task_contract(kit: _Kit) -> list[str]:
-    """ticketx.task.check_contract: members, metrics, and a JSON-able spec() naming this plugin and task."""
+    """ticketx.task.check_contract and check_spec: members, metrics, and a JSON-able spec() naming this
+    plugin and task."""
     try:
         check_contract(kit.task, kit.plugin, kit.name)
+        check_spec(kit.task, kit.plugin, kit.name)
     except Exception as e:
         if e.__cause__ is not None:  # spec() raised: not run, where it needs the data prepare() failed to load
             kit.ready()

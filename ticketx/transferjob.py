@@ -36,7 +36,7 @@ from . import config as configlib
 from .config import TransferConfig, hashed, run_params
 from .files import write_json
 from .jobs import ArmSetup, Job, Progress, summarise
-from .task import Masks, MetricSpec, Task, check_plan, check_ticket
+from .task import Masks, MetricSpec, Task, check_plan, check_spec, check_ticket
 from .ticket import Ticket, TicketError
 from .tracking import Tracker
 
@@ -414,6 +414,7 @@ def run_transfer(config: TransferConfig, target: Task, sources: list[Source], tr
     # a GPU that is not there, or fp16 on the CPU, fails before any run
     device = devices.job_device(c.train.device, target, precision=c.train.precision)
     target.prepare()
+    check_spec(target, c.task.plugin, c.task.name)
     model = target.build_model(c.seed)
     for s in sources:
         check_source(s, target, model)
@@ -467,7 +468,7 @@ def target_config(to: str, source: Ticket, overrides: list[str] | tuple[str, ...
     (the model, ...) and training config and changes the task.
 
     With `plugin/task`, a source option the target task does not take (a ppo-only option on an a2c
-    target) is dropped, and a warning (logger `ticketx.transfer`) and the config's description name it.
+    target) is dropped, and a warning (logger `ticketx.transferjob`) and the config's description name it.
     Which options a task takes comes from the optional plugin hook `task_options(name) -> Collection[str]`
     (the `[task]` keys besides plugin and name); a plugin without it (or one that does not load) gets every
     source option, and the plugin's own check of unknown options is then what fails. `--set

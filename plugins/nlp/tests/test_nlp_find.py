@@ -7,9 +7,9 @@ import torch
 
 from ticketx import config as C
 from ticketx import ticket as T
-from ticketx.find import run_find
+from ticketx.findjob import run_find
 from ticketx.tracking import Tracker
-from ticketx.transfer import Source, run_transfer
+from ticketx.transferjob import Source, run_transfer
 from ticketx_nlp.plugin import NLPPlugin
 
 OTHER_WORDS = ("a", "bird", "flew", "over", "the", "river", "and", "sang", "song", "tree")

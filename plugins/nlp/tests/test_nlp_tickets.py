@@ -8,7 +8,7 @@ import torch
 from ticketx import masks as M
 from ticketx import ticket as T
 from ticketx.task import TaskError
-from ticketx.transfer import Source, check_source
+from ticketx.transferjob import Source, check_source
 from ticketx_nlp.plugin import NLPPlugin
 
 OTHER_WORDS = ("a", "bird", "flew", "over", "the", "river", "and", "sang", "song", "tree")

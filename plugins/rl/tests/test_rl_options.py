@@ -180,7 +180,7 @@ def test_plans_that_fit_pass_the_check():
 # the core calls the optional Task.check_plan for every plan of the job before it opens any MLflow run
 def test_bad_plan_fails_before_any_mlflow_run(tmp_path):
     from ticketx import config as C
-    from ticketx.find import run_find
+    from ticketx.findjob import run_find
     from ticketx.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path}/m.db")
@@ -200,7 +200,7 @@ def test_criteria_needing_data_or_an_input_are_refused_before_any_mlflow_run(tmp
     """RL has no fixed dataset (and its policies no input SynFlow could feed): the arms that need one are
     refused in one line naming the task and what it lacks; the criteria of weights alone run."""
     from ticketx import config as C
-    from ticketx.find import run_find
+    from ticketx.findjob import run_find
     from ticketx.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path}/m.db")

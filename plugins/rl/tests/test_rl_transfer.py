@@ -13,14 +13,14 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from ticketx import config as C
-from ticketx import transfer as transferlib
+from ticketx import transferjob as transferlib
 from ticketx import ticket as T
 from ticketx.cli import main
-from ticketx.find import run_find
+from ticketx.findjob import run_find
 from ticketx.ticket import TicketError
 from ticketx.tracking import Tracker
-from ticketx.transfer import resolve, run_transfer
-from ticketx.transfer import target_config as target_config_of
+from ticketx.transferjob import resolve, run_transfer
+from ticketx.transferjob import target_config as target_config_of
 from ticketx.task import TaskError
 from ticketx_rl.plugin import RLPlugin
 from ticketx_rl.task import RLTask
@@ -147,7 +147,7 @@ def test_ticket_of_another_width_names_every_tensor(ppo_job, tracker, tmp_path):
 def test_to_a2c_by_name_drops_ppo_only_options_and_says_so(ppo_job, caplog):
     src = T.load(ppo_job.job_dir / "r0" / "L01" / "ticket")
     assert {"clip_range", "n_epochs"} <= set(src.meta["task"]["options"])
-    with caplog.at_level("WARNING", logger="ticketx.transfer"):
+    with caplog.at_level("WARNING", logger="ticketx.transferjob"):
         cfg = target_config_of("rl/a2c", src, ["task.gae_lambda=0.9"])
     opts = cfg.task.options
     assert (cfg.task.plugin, cfg.task.name) == ("rl", "a2c")
@@ -167,7 +167,7 @@ def test_to_a2c_by_name_drops_ppo_only_options_and_says_so(ppo_job, caplog):
 
 def test_to_ppo_by_name_keeps_every_a2c_option(tmp_path, caplog):
     meta = {"task": task_of("a2c").spec(), "train": TRAIN}
-    with caplog.at_level("WARNING", logger="ticketx.transfer"):
+    with caplog.at_level("WARNING", logger="ticketx.transferjob"):
         cfg = target_config_of("rl/ppo", T.Ticket(masks={}, weights={}, meta=meta), [])
     assert cfg.task.options == {k: v for k, v in meta["task"]["options"].items()}  # a2c's are a subset of ppo's
     assert not caplog.text
@@ -185,7 +185,7 @@ def test_task_options_name_what_each_algorithm_takes():
 
 
 def test_cli_transfer_ppo_ticket_to_a2c_by_name(ppo_job, tracker, tmp_path, monkeypatch, caplog):
-    caplog.set_level("WARNING", logger="ticketx.transfer")  # printed on stderr where logging is not set up
+    caplog.set_level("WARNING", logger="ticketx.transferjob")  # printed on stderr where logging is not set up
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.uri)
     monkeypatch.chdir(tmp_path)
     titles = []
@@ -216,8 +216,8 @@ def test_cli_ticket_of_another_shape_fails_before_any_run(ppo_job, tracker, tmp_
 
 def test_dropped_options_are_printed_by_a_real_process(ppo_job):
     """Where logging is not configured (the ticketx command), the warning goes to stderr as it is."""
-    code = ("from ticketx import ticket, transfer; "
-            f"transfer.target_config('rl/a2c', ticket.load({str(ppo_job.job_dir / 'r0' / 'L01' / 'ticket')!r}), [])")
+    code = ("from ticketx import ticket, transferjob; "
+            f"transferjob.target_config('rl/a2c', ticket.load({str(ppo_job.job_dir / 'r0' / 'L01' / 'ticket')!r}), [])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr.startswith("rl/a2c does not take the source rl/ppo ticket's task option(s) clip_range, "
