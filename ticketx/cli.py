@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -14,17 +13,8 @@ import click
 
 from . import __version__
 
-DATA_ENV = "TICKETX_DATA"
-
-
-def resolve_data_root(option: str | None) -> Path:
-    """--data-root, else $TICKETX_DATA, else the user cache folder."""
-    if option:
-        return Path(option).expanduser()
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser()
-    from .paths import default_data_root
-    return default_data_root()
+from .paths import DATA_ENV
+from .paths import data_root as resolve_data_root  # --data-root, else $TICKETX_DATA, else the user cache
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -43,23 +33,10 @@ def _errors() -> tuple[type[BaseException], ...]:
             ReportError, AnalysisError, FileWriteError)
 
 
-GPU_WORKERS = 2  # default arms per GPU (benchmarks/gpu.py times 1 against 2; not yet run on a GPU)
-
-
 def _workers(option: int | None, backend: str = "local", cfg: Any = None, task: Any = None) -> int:
-    """--workers, else one per core; on CUDA, GPU_WORKERS per GPU the job may use (at most one per core)."""
-    from .pool import default_workers
-    if backend == "ray":
-        return option or 0  # 0: one worker per CPU of the cluster
-    if option:
-        return option
-    if cfg is not None:
-        from . import devices
-        spec = cfg.train.device
-        if devices.job_device(spec, task).startswith("cuda"):
-            gpus = 1 if spec.startswith("cuda:") else devices.gpu_count()  # cuda:N pins every worker to one
-            return max(1, min(default_workers(), GPU_WORKERS * gpus))
-    return default_workers()
+    """--workers, else `ticketx.pool.job_workers`'s default (one per core; on CUDA, two per GPU)."""
+    from .pool import job_workers
+    return job_workers(option, backend, cfg, task)
 
 
 def _backend(name: str, address: str | None) -> Any:
@@ -111,6 +88,21 @@ class _Printer:
                        + (f" ({r['seconds']:.1f} s)" if event == "done" else ""))
 
 
+def _progress(mode: str, task: Any) -> Any:
+    """A find or transfer job's progress: `_Printer`'s lines, and arms done of the total with elapsed time
+    and ETA (`ticketx.progress`: redrawn under the lines on a terminal, a line per finished arm otherwise)."""
+    from . import progress
+    return progress.reporter(mode=mode, printer=_Printer(task.metrics.primary, task.metrics.early_stop),
+                             metric=f"val_{task.metrics.primary}")
+
+
+def _rewind_progress() -> Any:
+    """instability's reporter: its lines as they are, and rewind steps done of the total with elapsed time
+    and ETA (`ticketx.instability.run` sends the events)."""
+    from . import progress
+    return progress.reporter(printer=lambda event, info: click.echo(info["line"]) if event == "line" else None)
+
+
 def _fmt(metric: str, value: float | None) -> str:
     if value is None:
         return "-"
@@ -157,7 +149,9 @@ def _gap_line(rows: list[dict[str, Any]], primary: str, higher_is_better: bool) 
         if arm != "ticket" and key in at[arm]:
             diff = (ticket - at[arm][key]) * (1 if higher_is_better else -1)
             scale, unit = (100, " points") if primary == "accuracy" else (1, "")
-            parts.append(f"{'beats' if diff > 0 else 'does not beat'} {arm} by {scale * diff:+.2f}{unit}")
+            shown = round(scale * diff, 2) + 0.0  # + 0.0: no "-0.00"
+            verb = "ties" if shown == 0 else "beats" if diff > 0 else "does not beat"
+            parts.append(f"{verb} {arm} ({shown:+.2f}{unit})" if shown == 0 else f"{verb} {arm} by {shown:+.2f}{unit}")
     if not parts:  # the ticket trained alone: nothing to compare it with
         return ""
     density = 100 * at["ticket"]["density"]
@@ -185,10 +179,8 @@ def main(threads: int) -> None:
     """Find lottery tickets and transfer them; every run is recorded in MLflow."""
     from .training import configure_torch
     configure_torch(threads)
-    # a tracking server that dies mid-job fails the job in bounded time instead of retrying for minutes
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    from .paths import tracking_defaults
+    tracking_defaults()
 
 
 _device_option = click.option(
@@ -226,6 +218,10 @@ def _job_options(command: Any) -> Any:
         click.option("--address", metavar="HOST:PORT", envvar="RAY_ADDRESS",
                      help="the Ray cluster to join [default: $RAY_ADDRESS, else a local one]"),
         _device_option,
+        click.option("--progress", "progress_mode", type=click.Choice(["auto", "live", "plain", "off"]),
+                     default="auto", show_default=True, envvar="TICKETX_PROGRESS",
+                     help="arms done, elapsed time and ETA: redrawn in place (live), a line after each arm "
+                          "(plain), or neither (off); auto: live on a terminal, else plain"),
     ]):
         command = option(command)
     return command
@@ -237,13 +233,14 @@ def _job_options(command: Any) -> Any:
               help="override a recipe key, e.g. --set train.steps=500 (repeatable; values are TOML)")
 @_job_options
 def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_root: str | None,
-         out: Path, workers: int | None, backend: str, address: str | None, device: str | None) -> None:
+         out: Path, workers: int | None, backend: str, address: str | None, device: str | None,
+         progress_mode: str) -> None:
     """Search for winning tickets by iterative magnitude pruning, with random-reinit and random-prune
     controls at every level, and any other arms the recipe lists (masks found at initialisation by SNIP,
     GraSP, SynFlow, ... at the ticket's density, and their ablations). Running the same recipe again
     resumes where it stopped."""
     from . import config as configlib
-    from . import find as findlib
+    from . import findjob as findlib
     from . import plugins
     from .tracking import Tracker
 
@@ -256,10 +253,10 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
         click.echo(f"ticketx find {cfg.name}: {cfg.task.plugin}/{cfg.task.name}, {cfg.prune.levels} levels "
                    f"x {len(cfg.arms)} arms x {cfg.replicates} replicate(s), {cfg.train.steps} steps each, "
                    f"on {where}; MLflow store {tracker.uri}")
-        result = findlib.run_find(cfg, task, tracker, root=out, experiment=experiment,
-                                  progress=_Printer(task.metrics.primary, task.metrics.early_stop),
-                                  workers=_workers(workers, backend, cfg, task), backend=_backend(backend, address),
-                                  data_root=resolve_data_root(data_root))
+        with _progress(progress_mode, task) as report:
+            result = findlib.run_find(cfg, task, tracker, root=out, experiment=experiment, progress=report,
+                                      workers=_workers(workers, backend, cfg, task),
+                                      backend=_backend(backend, address), data_root=resolve_data_root(data_root))
     except _errors() as e:
         raise click.ClickException(str(e)) from None
     rows = findlib.summarise(result.records, result.metrics, order=findlib.ARM_ORDER)
@@ -290,12 +287,12 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
 @_job_options
 def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str | None, compare_ref: str | None,
              source_arm: str, experiment: str | None, data_root: str | None, out: Path, workers: int | None,
-             backend: str, address: str | None, device: str | None) -> None:
+             backend: str, address: str | None, device: str | None, progress_mode: str) -> None:
     """Train a ticket (a ticket folder, a find job folder, runs:/RUN_ID/ticket, or RUN_ID[@LEVEL]) on
     another dataset, optimizer or learning rate, beside a random ticket, the ticket's masks with fresh
     weights, and the dense network. A list of learning rates is a grid: validation picks one per arm."""
     from . import plugins
-    from . import transfer as transferlib
+    from . import transferjob as transferlib
     from .tracking import Tracker
 
     fetch = transferlib.workdir()
@@ -317,11 +314,12 @@ def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str |
                    f"(levels {', '.join(str(s.level) for s in sources)}) onto {cfg.task.plugin}/{cfg.task.name}, "
                    f"{cfg.train.optimizer} lr {' '.join(f'{x:g}' for x in cfg.lrs)}, {cfg.replicates} replicate(s), "
                    f"on {where}; MLflow store {tracker.uri}")
-        result = transferlib.run_transfer(cfg, task, sources, tracker, root=out, compare=compare,
-                                          experiment=experiment,
-                                          progress=_Printer(task.metrics.primary, task.metrics.early_stop),
-                                          workers=_workers(workers, backend, cfg, task),
-                                          backend=_backend(backend, address), data_root=resolve_data_root(data_root))
+        with _progress(progress_mode, task) as report:
+            result = transferlib.run_transfer(cfg, task, sources, tracker, root=out, compare=compare,
+                                              experiment=experiment, progress=report,
+                                              workers=_workers(workers, backend, cfg, task),
+                                              backend=_backend(backend, address),
+                                              data_root=resolve_data_root(data_root))
     except _errors() as e:
         raise click.ClickException(str(e)) from None
     finally:
@@ -403,6 +401,8 @@ def export(ticket_dir: Path, out: Path, weights: str, max_density: float | None,
         click.echo(f"  {r.name.ljust(w)}  {'x'.join(map(str, r.shape)):>10}  {100 * r.density:6.2f}%  {r.storage}")
     examples = getattr(task, "example_inputs", None)  # optional hook: real inputs to check and time on
     if examples is None:
+        click.echo(f"not checked or timed: task {spec.get('plugin')}/{spec.get('task')} has no example_inputs(n) "
+                   "hook to give inputs (see docs/PLUGINS.md)")
         return
     dense = model.eval()
     loaded = exportlib.load(path)
@@ -433,6 +433,38 @@ def tasks() -> None:
         width = max((len(t) for t in found), default=0)
         for task_name, text in sorted(found.items()):
             click.echo(f"  {task_name.ljust(width)}  {text}")
+
+
+@main.group("plugin")
+def plugin_group() -> None:
+    """Start a task plugin of your own."""
+
+
+@plugin_group.command("new")
+@click.argument("name")
+@click.option("--dir", "parent", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="the folder to write ticketx-NAME/ in")
+def plugin_new(name: str, parent: Path) -> None:
+    """Write DIR/ticketx-NAME/, a task plugin that installs and runs as it is.
+
+    NAME (lowercase letters, digits, underscores) is the plugin's entry-point name, its recipes'
+    task.plugin; the distribution is ticketx-NAME, the package ticketx_NAME. It holds one task, a small
+    MLP on synthetic data (no download), a recipe that searches it in seconds, tests that run ticketx's
+    conformance kit on it (ticketx.testing.check_task), and a README saying what to change to make it
+    yours. An existing folder is never overwritten (an empty one is used).
+    """
+    from . import plugins, scaffold
+
+    try:
+        written = scaffold.new_plugin(name, parent, taken=plugins.discover())
+    except (scaffold.ScaffoldError, plugins.PluginError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote plugin {name!r} (task gauss) in {written.root}:")
+    for path in written.files:
+        click.echo(f"  {path}")
+    click.echo("\nnext, install it, search it, test it:")
+    for command in scaffold.next_commands(written):
+        click.echo(f"  {command}")
 
 
 @main.command()
@@ -549,7 +581,8 @@ def overlap(first: Path, second: Path) -> None:
 @click.option("--experiment", help="MLflow experiment (default: the recipe's name)")
 @click.option("--data-root", help="dataset folder (default: $TICKETX_DATA, else a user cache folder)")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("ticketx-runs"), show_default=True,
-              help="folder for instability.csv and instability.png (in a subfolder per recipe)")
+              help="folder for instability.csv and instability.png (in a subfolder per recipe, rewind "
+                   "steps, points and ticket)")
 @_device_option
 def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int, overrides: tuple[str, ...],
                 experiment: str | None, data_root: str | None, out: Path, device: str | None) -> None:
@@ -560,7 +593,7 @@ def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int,
     from . import instability as inst
     from . import plugins
     from . import ticket as ticketlib
-    from .task import check_ticket
+    from .task import check_spec, check_ticket
     from .tracking import Tracker
 
     try:
@@ -582,6 +615,7 @@ def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int,
             check_ticket(task, t, model)
             masks = t.masks
         task.prepare()
+        check_spec(task, cfg.task.plugin, cfg.task.name)
         tracker = Tracker()
         exp_id = tracker.experiment(experiment or cfg.name)
         what, _ = inst.error_fn(task)
@@ -594,14 +628,16 @@ def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int,
         click.echo(f"ticketx instability {cfg.name}: k = {', '.join(map(str, ks))}; "
                    f"{cfg.train.steps} steps per copy, on {where}; error = {what}; MLflow run {run_id}")
         try:
-            results = inst.run(cfg, task, ks, masks=masks, points=points, progress=click.echo, device=on)
-        except BaseException:
-            tracker.finish(run_id, "FAILED")
+            with _rewind_progress() as report:
+                results = inst.run(cfg, task, ks, masks=masks, points=points, progress=report, device=on)
+        except BaseException as e:
+            tracker.finish(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             raise
         for p in results:
             tracker.log_metrics(run_id, {"barrier": p.barrier, "error_copy1": p.end_errors[0],
                                          "error_copy2": p.end_errors[1]}, p.k)
-        files = inst.write(results, what, out / f"instability-{cfg.name}", f"instability: {cfg.name}, {what}")
+        files = inst.write(results, what, inst.folder(out, cfg, ks, points, ticket_dir),
+                           f"instability: {cfg.name}, {what}")
         for f in files:
             tracker.log_artifact(run_id, f)
         tracker.finish(run_id)

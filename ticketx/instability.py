@@ -67,12 +67,15 @@ def check(config: FindConfig, ks: Sequence[int]) -> None:
 
 
 def run(config: FindConfig, task: Task, ks: Sequence[int], *, masks: Masks | None = None, points: int = 11,
-        data_seeds: tuple[int, int] = (1, 2), progress: Callable[[str], None] = lambda s: None,
+        data_seeds: tuple[int, int] = (1, 2),
+        progress: Callable[[str, Mapping[str, Any]], None] = lambda event, info: None,
         device: str = "cpu") -> list[Point]:
     """The barrier at each rewind step in `ks` for replicate 0 of `config` (its init seed and training).
 
     `data_seeds` are the two copies' data orders (added to the config's data seed); θk itself is reached
-    with the config's own data order.
+    with the config's own data order. `progress(event, info)` hears "plan" ({"total", "workers", "unit"}),
+    then per rewind step "start" and "done" ({"name": "k=K"}) with "line" events ({"line": text}) between:
+    the events `ticketx.progress` reporters count.
     """
     steps = config.train.steps
     check(config, ks)
@@ -85,16 +88,23 @@ def run(config: FindConfig, task: Task, ks: Sequence[int], *, masks: Masks | Non
     init_state = clone_state(init)
     masks = {n: m.to(device) for n, m in masks.items()}
     out = []
+    progress("plan", {"total": len(set(ks)), "workers": 1, "unit": "rewind steps"})
     for k in sorted(set(ks)):
+        name = f"k={k}"
+
+        def say(text: str) -> None:
+            progress("line", {"name": name, "line": f"{name}: {text}"})
+
+        progress("start", {"name": name})
         model = task.build_model(config.init_seed(0)).to(device)
         model.load_state_dict(init_state)
         if k > 0:
-            progress(f"k={k}: training from initialisation to step {k}")
+            say(f"training from initialisation to step {k}")
             task.train(model, masks, replace(config.plan(0), steps=k, device=device), _Quiet())
         theta_k = clone_state(model)
         ends = []
         for copy, seed in enumerate(data_seeds):
-            progress(f"k={k}: copy {copy + 1} of 2, steps {k} to {steps}, data order {seed}")
+            say(f"copy {copy + 1} of 2, steps {k} to {steps}, data order {seed}")
             m = task.build_model(config.init_seed(0)).to(device)
             m.load_state_dict(theta_k)
             plan = replace(config.plan(0, start_step=k), data_seed=config.order_seed(0) + seed, device=device)
@@ -102,8 +112,23 @@ def run(config: FindConfig, task: Task, ks: Sequence[int], *, masks: Masks | Non
             ends.append(clone_state(m))
         curve = analysis.interpolation(model, ends[0], ends[1], error, points=points)
         out.append(Point(k, analysis.error_barrier(curve), curve, (curve[0][1], curve[-1][1])))
-        progress(f"k={k}: error barrier {out[-1].barrier:.4f}")
+        say(f"error barrier {out[-1].barrier:.4f}")
+        progress("done", {"name": name})
     return out
+
+
+def folder(out: Path, config: FindConfig, ks: Sequence[int], points: int, ticket: Path | None) -> Path:
+    """`<out>/instability-<name>-<hash>`: one folder per question asked (the recipe's hashed keys, the
+    rewind steps, the points, the ticket held), so that runs with another ticket or other steps never
+    overwrite each other's CSV and figure, and the same command run again rewrites its own."""
+    import hashlib
+    import json
+
+    from .config import hashed
+    identity = {"config": hashed(config), "rewind": list(ks), "points": points,
+                "ticket": str(Path(ticket).resolve()) if ticket is not None else None}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return Path(out) / f"instability-{config.name}-{digest[:10]}"
 
 
 def write(results: Sequence[Point], what: str, folder: Path, title: str) -> list[Path]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue as queuelib
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
@@ -41,6 +42,36 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover (macOS, Windows)
         return max(1, os.cpu_count() or 1)
+
+
+GPU_WORKERS = 2  # default arms per GPU (benchmarks/gpu.py times 1 against 2; not yet run on a GPU)
+
+
+def _script_hint() -> str:
+    """Where the parent is a Python script, the likeliest reason its workers die at once: each worker
+    imports the script again (multiprocessing's spawn), and a top-level call to ticketx.find starts
+    another job there."""
+    main = sys.modules.get("__main__")
+    if getattr(main, "__file__", None) is None or getattr(main, "__spec__", None) is not None:
+        return ""  # a notebook, the REPL, `python -m`, the ticketx command: nothing to guard
+    return ("; if this script calls ticketx.find or ticketx.transfer at its top level, put the call under "
+            "`if __name__ == \"__main__\":` (each worker process imports the script), or pass workers=1")
+
+
+def job_workers(option: int | None, backend: str = "local", cfg: Any = None, task: Any = None) -> int:
+    """How many workers a job runs: `option` (--workers) when given; else one per core, and on CUDA
+    GPU_WORKERS per GPU the job may use (at most one per core); on Ray 0, one per CPU of the cluster."""
+    if backend == "ray":
+        return option or 0
+    if option:
+        return option
+    if cfg is not None:
+        from . import devices
+        spec = cfg.train.device
+        if devices.job_device(spec, task).startswith("cuda"):
+            gpus = 1 if spec.startswith("cuda:") else devices.gpu_count()  # cuda:N pins every worker to one
+            return max(1, min(default_workers(), GPU_WORKERS * gpus))
+    return default_workers()
 
 
 def _order(units: Mapping[Key, tuple[Key, ...]]) -> list[Key]:
@@ -133,7 +164,8 @@ class LocalBackend:
         try:
             return fut.result()
         except BrokenProcessPool as e:
-            raise WorkerError(f"a worker process died while running {key} (killed, or out of memory): {e}") from None
+            raise WorkerError(f"a worker process died while running {key} (killed, or out of memory): {e}"
+                              f"{_script_hint()}") from None
         except Exception as e:  # the unit's own error, raised in the worker
             raise WorkerError(f"{key} failed in a worker: {type(e).__name__}: {e}") from e
 
@@ -158,10 +190,12 @@ def run(units: Mapping[Key, tuple[Key, ...]], local: Callable[[Key], dict[str, A
     Without a `backend` and with `workers` <= 1 the units run here, through `local`, in dependency
     order. Otherwise `work` is built in each of the backend's workers (`workers` of them; for Ray, 0
     asks for one per CPU of the cluster); among the units ready to start, those with the smallest
-    `first(key)` start first (the chain other units wait for, say).
+    `first(key)` start first (the chain other units wait for, say). Before any unit runs, `progress`
+    gets the event "plan" with {"total": the number of units, "workers": how many run at once}.
     """
     order = _order(units)
     if backend is None and (workers <= 1 or len(units) <= 1):
+        progress("plan", {"total": len(units), "workers": 1})
         results = {k: local(k) for k in order}
         return {k: results[k] for k in units}
     backend = backend or LocalBackend()
@@ -170,6 +204,7 @@ def run(units: Mapping[Key, tuple[Key, ...]], local: Callable[[Key], dict[str, A
     failure: WorkerError | None = None
     try:
         slots = backend.start(work, workers=workers, threads=threads)
+        progress("plan", {"total": len(units), "workers": slots})
         waiting = list(order)
         while waiting or running:
             if failure is None:
