@@ -70,6 +70,31 @@ class _Search:
                 raise ConfigError(f"{key} names {unknown}, which the task does not prune; "
                                   f"prunable weights: {sorted(prunable)}")
 
+    def check_levels(self) -> None:
+        """Refuse, before any training, a search whose last levels would prune a layer (or, in global
+        scope, the pooled layers together) to no weight at all: counted exactly as `masks.prune` counts.
+        In global scope one layer of the pool may still empty first; `cut` refuses that level when it
+        comes (the weights decide it)."""
+        c, p = self.config, self.config.prune
+        sizes = {n: w.numel() for n, w in self.task.prunable(self.task.build_model(c.seed)).items()
+                 if n not in p.exclude}
+        groups = {n: ([n], p.layer_rates.get(n, p.rate)) for n in sizes if p.scope == "layerwise" or n in p.layer_rates}
+        pooled = [n for n in sizes if n not in groups]
+        if pooled:
+            groups["the layers ranked together (global scope)"] = (pooled, p.rate)
+        empty = []  # (the first level keeping no weight, the layer or pool, its weights, its rate)
+        for what, (names, rate) in groups.items():
+            total = sum(sizes[n] for n in names)
+            level = next((lv for lv in range(1, p.levels + 1)
+                          if masklib.kept_after(total, rate, lv, oneshot=p.mode == "oneshot") == 0), None)
+            if level is not None:
+                empty.append((level, what, total, rate))
+        if empty:
+            level, what, total, rate = min(empty, key=lambda e: e[0])
+            raise ConfigError(f"prune.levels = {p.levels}: at level {level} {what}, {total:,} weights at rate "
+                              f"{rate:g}, would keep no weight; at most {level - 1} levels, or a lower rate for "
+                              "it (prune.layer_rates)")
+
     def units(self) -> dict[tuple[int, int, str], tuple[tuple[int, int, str], ...]]:
         """(replicate, level, arm) -> the arm whose trained weights its masks are cut from."""
         c, out = self.config, {}
@@ -134,8 +159,14 @@ class _Search:
             rates = {n: 1 - (1 - r) ** level for n, r in p.layer_rates.items()}
         else:
             rate, rates = p.rate, dict(p.layer_rates)
-        return pruning.imp_masks(p.criterion, {n: trained[n] for n in before}, before, rate, scope=p.scope,
-                                 layer_rates=rates, exclude=p.exclude)
+        masks = pruning.imp_masks(p.criterion, {n: trained[n] for n in before}, before, rate, scope=p.scope,
+                                  layer_rates=rates, exclude=p.exclude)
+        emptied = sorted(n for n, m in masks.items() if n not in p.exclude and not bool((m > 0).any()))
+        if emptied:  # global scope: the ranking emptied a layer (layer-wise counts are refused up front)
+            raise ConfigError(f"prune.levels = {p.levels}: level {level} would prune {', '.join(emptied)} to no "
+                              f"weight at all (prune.scope = {p.scope!r}); run with prune.levels = {level - 1}, or "
+                              "exclude the layer (prune.exclude)")
+        return masks
 
     def early_bird(self, level: int, before: Masks, capture_at: int | None) -> EarlyBird | None:
         """The early-bird watch of a chain arm at `level` whose masks are `before`: it cuts the next level's
@@ -329,6 +360,7 @@ def run_find(config: FindConfig, task: Task, tracker: Tracker, *, root: Path,
     task.prepare()  # a missing dataset fails here, before any MLflow run exists
     check_spec(task, c.task.plugin, c.task.name)  # what every ticket saves to rebuild the task
     search.check_layers()
+    search.check_levels()
     for replicate in range(c.replicates):  # a plan the task cannot train with, likewise
         check_plan(task, c.plan(replicate))
         check_plan(task, c.plan(replicate, start_step=c.prune.rewind_step))

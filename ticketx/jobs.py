@@ -166,6 +166,7 @@ class Job:
         task_spec = self.task.spec()  # third-party code: called before any run is started or reopened
         self.tracker.check_reachable()
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = JobLock.take(self.dir)  # before anything of the job is read or written
         self.exp_id = self.tracker.experiment(self.experiment)
         state_file = self.dir / "job.json"
         state = json.loads(state_file.read_text()) if state_file.exists() else {}
@@ -333,11 +334,69 @@ class Job:
         for path in [self.dir / "results.csv", self.dir / "results.json", *extra_artifacts]:
             self.tracker.log_artifact(self.parent, path)
         self.tracker.finish(self.parent)
+        self.release()
 
     def fail(self, error: BaseException) -> None:
         """End the parent run as KILLED (interrupted) or FAILED."""
-        if self.parent:
-            self.tracker.finish(self.parent, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        try:
+            if self.parent:
+                self.tracker.finish(self.parent, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Let another command own this job folder (the OS does it too, when this process ends)."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
+
+
+class JobBusyError(RuntimeError):
+    """Another process owns the job folder: the message names its host and PID."""
+
+
+class JobLock:
+    """One owner per job folder: an exclusive `flock` on `<job>/job.lock`, held for the job's life.
+
+    The kernel drops the lock when its process ends, however it ends (kill -9 included), so a stale lock
+    cannot outlive its holder; the file, which names the holder, stays and is taken over by the next owner.
+    """
+
+    FILE = "job.lock"
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @classmethod
+    def take(cls, folder: Path) -> JobLock:
+        """Own `folder`, or raise JobBusyError at once, naming the holder, having changed nothing."""
+        import fcntl
+        import os
+        import socket
+
+        path = folder / cls.FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)  # the umask applies
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise JobBusyError(f"job folder {folder} is in use by {holder}; wait for that command to end "
+                               "(or stop it), then run this one again: it resumes the job") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        holder = f"ticketx (PID {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        return cls(fd)
+
+    def release(self) -> None:
+        import os
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
 
 
 def check_masked(model: nn.Module, masks: Masks, what: str) -> None:

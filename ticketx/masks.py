@@ -120,6 +120,18 @@ def prune(
     return new
 
 
+def kept_after(total: int, rate: float, level: int, *, oneshot: bool = False) -> int:
+    """How many of `total` weights a layer keeps after `level` IMP levels at `rate`, counted as `prune`
+    counts (iterative: each level removes round(rate * survivors); oneshot: level L removes the share
+    1 - (1 - rate)**L of the dense layer at once)."""
+    if oneshot:
+        return total - _n_pruned(1 - (1 - rate) ** level, total)
+    kept = total
+    for _ in range(level):
+        kept -= _n_pruned(rate, kept)
+    return kept
+
+
 def magnitude(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float,
               **how: Any) -> Masks:
     """`prune` by magnitude: remove the `rate` share of surviving weights with the smallest |w|; `how` is

@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue as queuelib
+import signal
 import sys
 import threading
 import time
@@ -100,8 +101,25 @@ def worker_index() -> int:
     return _worker_index
 
 
+_busy = False  # this worker is training a unit now
+_stopping = False
+
+
+def _on_term(signum: int, frame: Any) -> None:
+    """SIGTERM in a worker (the CLI forwards the job's SIGTERM or SIGHUP): a unit in training stops as on
+    Ctrl-C (KeyboardInterrupt: its run is marked KILLED); an idle worker ends quietly."""
+    global _stopping
+    if _stopping:
+        return  # the first one is being handled
+    _stopping = True
+    if _busy:
+        raise KeyboardInterrupt
+    os._exit(128 + signum)
+
+
 def _init_worker(work: Work, events: Any, threads: int, parent: int, counter: Any = None) -> None:
     global _runner, _worker_index
+    signal.signal(signal.SIGTERM, _on_term)
     _exit_with_parent(parent)  # first: the parent may have died while this process was importing
     if counter is not None:
         with counter.get_lock():
@@ -123,8 +141,13 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _run_unit(key: Key) -> dict[str, Any]:
+    global _busy
     assert _runner is not None, "worker used before its initializer ran"
-    return _runner(key)
+    _busy = True
+    try:
+        return _runner(key)
+    finally:
+        _busy = False
 
 
 class Backend(Protocol):
