@@ -1,10 +1,11 @@
 """Every data and option error names the file or field, what it got and what is expected."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from ticketx.task import DataError, TaskError
+from ticketx.task import DataError, Plan, TaskError
 from ticketx_nlp.plugin import NLPPlugin
 
 
@@ -131,6 +132,28 @@ def test_tsv_lines_without_tab_or_text_and_single_class(tmp_path: Path):
         make("classify", {"dataset": "tsv", "corpus": "c"}, tmp_path)
 
 
+def test_tsv_training_file_with_one_class_whichever_it_is(tmp_path: Path):
+    for label in (1, 3):  # all 1 used to read as 2 classes, all 3 as 4
+        write_tsv(tmp_path / f"only{label}", f"{label}\tfine\n{label}\tgreat\n")
+        with pytest.raises(DataError, match=rf"only{label}/train.tsv has only label {label}: a classifier needs at "
+                                            r"least two classes"):
+            make("classify", {"dataset": "tsv", "corpus": f"only{label}"}, tmp_path)
+
+
+def test_tsv_training_labels_that_skip_a_number(tmp_path: Path):
+    """classes are the training labels 0..K-1, each present: a skipped label is named (it used to be a class
+    the model had an output for and never saw)."""
+    write_tsv(tmp_path / "gap", "0\tfine\n2\tgreat\n0\tok\n")
+    with pytest.raises(DataError, match=r"gap/train.tsv has labels 0, 2 but no 1: labels must be 0..K-1 with every "
+                                        r"one of them in the training file; renumber them 0..1"):
+        make("classify", {"dataset": "tsv", "corpus": "gap"}, tmp_path)
+    write_tsv(tmp_path / "no0", "1\tfine\n2\tgreat\n")
+    with pytest.raises(DataError, match=r"no0/train.tsv has labels 1, 2 but no 0:"):
+        make("classify", {"dataset": "tsv", "corpus": "no0"}, tmp_path)
+    write_tsv(tmp_path / "three", "2\tfine\n0\tgreat\n1\tok\n", dev="0\tok\n", test="2\tbad\n")
+    assert make("classify", {"dataset": "tsv", "corpus": "three"}, tmp_path).data().classes == 3
+
+
 def test_missing_classification_files(tmp_path: Path):
     with pytest.raises(DataError, match=rf"sst5/sst2 data: {tmp_path}/text/sst lacks train.tsv, dev.tsv, test.tsv"):
         make("classify", {"dataset": "sst2"}, tmp_path)
@@ -177,3 +200,42 @@ def test_vocab_from_errors(tmp_path: Path, make_corpus):
     with pytest.raises(TaskError, match=rf"task.vocab_from = '{tmp_path}/none' is not a ticket folder \(with "
                                         r"ticket.json\) nor a find job folder \(with job.json\)"):
         make("word_lm", {"corpus": "c", "vocab_from": str(tmp_path / "none")}, tmp_path)
+
+
+# plans
+
+
+def test_lm_batch_size_beyond_one_window_is_refused_before_training(tmp_path: Path, make_corpus, tiny):
+    """A language model's batch is train.batch_size columns of task.bptt + 1 tokens: check_plan, which the
+    core calls before any MLflow run opens, refuses a batch size the training stream cannot fill once."""
+    make_corpus(tmp_path / "c")
+    task = make("word_lm", {"corpus": "c", **tiny}, tmp_path)  # bptt 5: windows of 6 tokens a column
+    n = task.data().train.shape[0]
+    most = n // 6
+    plan = Plan(steps=1, batch_size=most, optimizer="adam", lr=1e-3)
+    task.check_plan(plan)
+    with pytest.raises(TaskError, match=rf"^train.batch_size must be at most {most} for the {n}-token training split: "
+                                        rf"each of its train.batch_size columns needs task.bptt \+ 1 = 6 tokens for "
+                                        rf"one window, got {most + 1}$"):
+        task.check_plan(replace(plan, batch_size=most + 1))
+    capped = make("word_lm", {"corpus": "c", "train_tokens": 60, **tiny}, tmp_path)
+    with pytest.raises(TaskError, match=r"at most 10 for the 60-token training split \(task.train_tokens = 60\): "):
+        capped.check_plan(plan)
+    short = make("word_lm", {"corpus": "c", "train_tokens": 5, **tiny}, tmp_path)
+    with pytest.raises(TaskError, match=r"the 5-token training split \(task.train_tokens = 5\) is too short for "
+                                        r"one window of task.bptt \+ 1 = 6 tokens at any train.batch_size"):
+        short.check_plan(replace(plan, batch_size=1))
+
+
+def test_classifier_batch_size_beyond_the_training_split_is_refused(tmp_path: Path):
+    write_tsv(tmp_path / "d", "0\tfine\n1\tgreat\n0\tdull\n1\tgood\n")
+    plan = Plan(steps=1, batch_size=4, optimizer="adam", lr=1e-3)
+    task = make("classify", {"dataset": "tsv", "corpus": "d"}, tmp_path)
+    task.check_plan(plan)
+    with pytest.raises(TaskError, match=r"^train.batch_size must be at most the 4 sentences of the training split, "
+                                        r"got 5$"):
+        task.check_plan(replace(plan, batch_size=5))
+    task = make("classify", {"dataset": "tsv", "corpus": "d", "train_examples": 3}, tmp_path)
+    with pytest.raises(TaskError, match=r"at most the 3 sentences of the training split \(task.train_examples = 3\), "
+                                        r"got 4"):
+        task.check_plan(plan)

@@ -202,17 +202,32 @@ def load_mr(root: Path, *, split_seed: int) -> LabelledSplits:
 
 
 def load_tsv_folder(folder: Path, *, shown: str) -> LabelledSplits:
-    """Any `train.tsv`, `dev.tsv`, `test.tsv` folder; classes = the largest training label + 1."""
+    """Any `train.tsv`, `dev.tsv`, `test.tsv` folder. The training labels must be 0..K-1 with each of them
+    present, K at least 2; classes = K, and dev and test labels must lie in 0..K-1."""
     if not folder.is_dir():
         raise DataError(f"classify corpus folder {folder} not found ({shown}); expected a folder holding "
                         f"{', '.join(TSV_FILES)} of label<TAB>text lines; {POINT_ELSEWHERE}")
     _need_files(folder, TSV_FILES, "classify tsv")
     train = read_tsv(folder / TSV_FILES[0], classes=None)
-    classes = max(train.labels) + 1
-    if classes < 2:
-        raise DataError(f"{folder / TSV_FILES[0]} has only label 0: a classifier needs at least two classes")
+    classes = check_labels(folder / TSV_FILES[0], train.labels)
     dev, test = (read_tsv(folder / n, classes=classes) for n in TSV_FILES[1:])
     return LabelledSplits(train=train, dev=dev, test=test, classes=classes, source=str(folder))
+
+
+def check_labels(path: Path, labels: list[int]) -> int:
+    """The number of classes of a training file's labels (all 0 or more): they must number at least two
+    and run 0..K-1 without a gap, since the model's K outputs are the labels 0..K-1 and an absent one would
+    be a class never trained on."""
+    present = sorted(set(labels))
+    if len(present) < 2:
+        found = f"only label {present[0]}" if present else "no labels"
+        raise DataError(f"{path} has {found}: a classifier needs at least two classes (labels 0 and 1 at least)")
+    gaps = sorted(set(range(present[-1] + 1)) - set(present))
+    if gaps:
+        raise DataError(f"{path} has labels {', '.join(map(str, present))} but no {', '.join(map(str, gaps))}: "
+                        f"labels must be 0..K-1 with every one of them in the training file; renumber them "
+                        f"0..{len(present) - 1}")
+    return len(present)
 
 
 def _need_files(folder: Path, names: tuple[str, ...], what: str) -> None:

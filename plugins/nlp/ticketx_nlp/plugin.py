@@ -1,16 +1,22 @@
-"""The `nlp` entry point: LSTM language models and LSTM text classifiers for ticketx."""
+"""The `nlp` entry point: LSTM language models and LSTM text classifiers for ticketx.
+
+Light on purpose: listing the tasks and refusing a bad option import neither the task nor the model and
+data modules; `make_task` imports the task module once the options are checked.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ticketx.paths import default_data_root
 from ticketx.task import TaskError
 
 from .options import ClassifyOptions, LMOptions, suggest
-from .task import ClassifyTask, LanguageModelTask
+
+if TYPE_CHECKING:
+    from .task import ClassifyTask, LanguageModelTask
 
 TASKS = {
     "word_lm": "word-level LSTM language model on a folder of train.txt, valid.txt, test.txt (task.corpus); perplexity",
@@ -34,5 +40,11 @@ class NLPPlugin:
                             + suggest(name, TASKS))
         root = default_data_root() if data_root is None else Path(data_root)
         if name == "classify":
-            return ClassifyTask(name, ClassifyOptions.from_mapping(options, task=name), data_root=root)
-        return LanguageModelTask(name, LMOptions.from_mapping(options, task=name), data_root=root)
+            classify = ClassifyOptions.from_mapping(options, task=name)
+            from .task import ClassifyTask  # the task, model and data modules: only once the options are good
+
+            return ClassifyTask(name, classify, data_root=root)
+        lm = LMOptions.from_mapping(options, task=name)
+        from .task import LanguageModelTask
+
+        return LanguageModelTask(name, lm, data_root=root)

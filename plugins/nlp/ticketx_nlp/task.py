@@ -15,7 +15,7 @@ from ticketx.task import DataError, Masks, MetricSpec, Observer, Plan, TaskError
 from ticketx.training import EpochBatches, balanced_sample, cross_entropy_loss, evaluate_classifier, fit, prefixed
 
 from . import vocab as vocablib
-from .batching import CarriedStateLoss, StreamBatches, evaluate_stream
+from .batching import CarriedStateLoss, StreamBatches, evaluate_stream, steps_per_epoch
 from .data import (
     LabelledSplits, TokenSplits, load_char_corpus, load_mr, load_sst, load_tsv_folder, load_word_corpus,
 )
@@ -143,6 +143,22 @@ class LanguageModelTask:
     def prepare(self) -> None:
         """Read the corpus and build the vocabulary now, so a missing file fails before any run exists."""
         self.data()
+
+    def check_plan(self, plan: Plan) -> None:
+        """Refuse, before any run is recorded, a train.batch_size too large for one training window: the
+        stream is cut into train.batch_size columns, each of which must hold task.bptt + 1 tokens (see
+        `batching`). Loads the data."""
+        n, bptt = self.data().train.shape[0], self.options.bptt
+        if steps_per_epoch(n, plan.batch_size, bptt) >= 1:
+            return
+        cap = f" (task.train_tokens = {self.options.train_tokens})" if self.options.train_tokens else ""
+        most = n // (bptt + 1)
+        if most < 1:
+            raise TaskError(f"the {n}-token training split{cap} is too short for one window of task.bptt + 1 = "
+                            f"{bptt + 1} tokens at any train.batch_size (got {plan.batch_size}): lower task.bptt")
+        raise TaskError(f"train.batch_size must be at most {most} for the {n}-token training split{cap}: each of "
+                        f"its train.batch_size columns needs task.bptt + 1 = {bptt + 1} tokens for one window, "
+                        f"got {plan.batch_size}")
 
     def build_model(self, seed: int) -> nn.Module:
         """The LSTM language model over this task's vocabulary, initialised from `seed` alone."""
@@ -285,6 +301,15 @@ class ClassifyTask:
     def prepare(self) -> None:
         """Read the dataset and build the vocabulary now."""
         self.data()
+
+    def check_plan(self, plan: Plan) -> None:
+        """Refuse, before any run is recorded, a train.batch_size larger than the training split: one batch
+        would not fill. Loads the data."""
+        n = self.data().train_x.shape[0]
+        if plan.batch_size > n:
+            cap = f" (task.train_examples = {self.options.train_examples})" if self.options.train_examples else ""
+            raise TaskError(f"train.batch_size must be at most the {n} sentences of the training split{cap}, "
+                            f"got {plan.batch_size}")
 
     def build_model(self, seed: int) -> nn.Module:
         """The LSTM classifier over this task's vocabulary and classes, initialised from `seed` alone."""

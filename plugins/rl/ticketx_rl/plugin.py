@@ -1,15 +1,22 @@
-"""The `rl` entry point: stable-baselines3 agents on gymnasium environments for ticketx."""
+"""The `rl` entry point: stable-baselines3 agents on gymnasium environments for ticketx.
+
+Light on purpose: listing the tasks, their options and refusing an unknown or ill-typed option import
+neither stable-baselines3 nor gymnasium; `make_task` imports them (through the task module) once the
+options are checked, to read the algorithm's defaults and the environment's spaces.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ticketx.task import TaskError
 
 from .options import ALGORITHMS, COMMON, ONLY, RLOptions, suggest
-from .task import RLTask
+
+if TYPE_CHECKING:
+    from .task import RLTask
 
 TASKS = {
     "ppo": "PPO (actor-critic MLP) on a gymnasium environment (task.env; discrete or continuous actions)",
@@ -35,7 +42,10 @@ class RLPlugin:
         """The named task with its options checked against the algorithm and the environment's id;
         `data_root` is unused (environments are simulated)."""
         _check_name(name)
-        return RLTask(name, RLOptions.from_mapping(options, algorithm=name))
+        checked = RLOptions.from_mapping(options, algorithm=name)  # reads stable-baselines3's defaults
+        from .task import RLTask  # stable-baselines3 and gymnasium: only once the options are good
+
+        return RLTask(name, checked)
 
 
 def _check_name(name: str) -> None:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import pickle
 import re
+import socket
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torchvision.io
 from safetensors.torch import save_file
 from torchvision import datasets
 
-import ticketx_vision.data as vdata
 import ticketx_vision.task as vtask
 from ticketx.task import DataError, Plan, TaskError
 from ticketx_vision.data import CIFAR10_CLASSES, load_cifar10
@@ -44,7 +47,7 @@ def test_tarball_decoded_then_loaded_from_the_cache(
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(vdata, "decode_jpeg", no_decoding)
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", no_decoding)  # data.py imports it where it decodes
     second = VisionPlugin().make_task("cifar10", {"val_size": 5}, data_root=root).splits()
     for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
         assert torch.equal(getattr(first, name), getattr(second, name)), name
@@ -194,6 +197,46 @@ def test_failed_cifar_download(tmp_path: Path, cache: Path, monkeypatch: pytest.
     with pytest.raises(DataError, match=r"CIFAR-10 not found and downloading failed \(network is "
                        r"unreachable\): looked for torchvision's batches in"):
         load_cifar10(tmp_path, download=True, cache=cache)
+
+
+def test_missing_cifar_without_network_is_short_and_writes_nothing(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchvision's real download code runs and fails: one line saying where ticketx looked and how to get
+    the data, and nothing left under the data root (a half-made cifar-10-batches-py would be read next)."""
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "absent").mkdir()
+    for root in (tmp_path / "empty", tmp_path / "absent" / "not" / "made"):  # torchvision makes root too
+        with pytest.raises(DataError) as failed:
+            VisionPlugin().make_task("cifar10", {}, data_root=root).prepare()
+        message = str(failed.value)
+        assert message.count("\n") <= 2, message
+        assert message.startswith("CIFAR-10 not found and downloading failed ([Errno -2] Name or service not "
+                                  f"known): looked for torchvision's batches in {root / 'cifar-10-batches-py'}, ")
+        assert f"{root / TARBALL}" in message and "images/{train,test}/<class>/NNNN.jpg" in message
+        assert "torchvision.datasets.CIFAR10(root, download=True)" in message and "--data-root" in message
+    assert list((tmp_path / "empty").iterdir()) == [] and list((tmp_path / "absent").iterdir()) == []
+
+
+def test_failed_cifar_download_removes_its_partial_files(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "MNIST").mkdir()  # another dataset under the same root is left alone
+
+    def partial(self: object) -> None:
+        (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"partial")
+        (tmp_path / "cifar-10-batches-py").mkdir()
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(datasets.CIFAR10, "download", partial)
+    with pytest.raises(DataError, match=r"downloading failed \(connection reset\)"):
+        load_cifar10(tmp_path, download=True, cache=cache)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MNIST"]
 
 
 def test_train_resnet20_with_augmentation_and_a_mask(

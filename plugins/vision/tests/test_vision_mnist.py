@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import socket
 import struct
+import urllib.error
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,6 +135,57 @@ def test_failed_download_is_a_data_error(tmp_path: Path, monkeypatch: pytest.Mon
         load_mnist(tmp_path, fashion=False, download=True)
 
 
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every URL torchvision opens fails as it does on a machine without DNS; its own download code runs."""
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+
+
+@pytest.mark.parametrize("task, name", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_missing_mnist_without_network_is_short_and_writes_nothing(
+    task: str, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchvision makes <root>/MNIST/raw before it downloads and lists every mirror in its error: what
+    ticketx prints is one line (where, which files, how to get them) and the data root stays empty."""
+    no_network(monkeypatch)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "absent").mkdir()
+    for root in (tmp_path / "empty", tmp_path / "absent" / "not" / "made"):  # torchvision makes root too
+        with pytest.raises(DataError) as failed:
+            VisionPlugin().make_task(task, {}, data_root=root).prepare()
+        message = str(failed.value)
+        assert message.count("\n") <= 2, message
+        assert f"{name} not found in {root / name / 'raw'} (downloading failed: [Errno -2] Name or service not " \
+               "known)" in message
+        assert "train-images-idx3-ubyte" in message and "(missing: all four)" in message
+        assert f"torchvision.datasets.{name}(root, download=True)" in message and "--data-root" in message
+        assert "Tried" not in message  # torchvision's list of mirrors is not pasted in
+    assert list((tmp_path / "empty").iterdir()) == [] and list((tmp_path / "absent").iterdir()) == []
+
+
+def test_failed_download_removes_only_what_it_added(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / IDX_FILES[0]).write_bytes(b"kept")
+    (tmp_path / "other").mkdir()
+
+    def partial(self: object) -> None:  # writes part of an archive, then the network goes
+        (raw / "train-labels-idx1-ubyte.gz").write_bytes(b"partial")
+        (raw / "tmp").mkdir()
+        raise RuntimeError("Error downloading train-labels-idx1-ubyte.gz:\nTried https://x/, got:\n"
+                           "<urlopen error timed out>\n")
+
+    monkeypatch.setattr(datasets.MNIST, "download", partial)
+    with pytest.raises(DataError, match=r"downloading failed: timed out\): .*\(missing: train-labels-idx1-ubyte, "
+                                        r"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte\)"):
+        load_mnist(tmp_path, fashion=False, download=True)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "MNIST", "MNIST/raw", f"MNIST/raw/{IDX_FILES[0]}", "other"]
+
+
 def test_unreadable_idx_files(tmp_path: Path) -> None:
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -178,6 +232,22 @@ def test_image_size_resizes_a_builtin_dataset(tmp_path: Path) -> None:
     s = task.splits()
     assert s.train_x.shape == (10, 1, 28, 28) and s.test_x.shape == (4, 1, 28, 28)
     assert task.build_model(0)(s.normalise(s.val_x)).shape == (2, 10)
+
+
+def test_batch_size_beyond_the_training_split_is_refused_before_training(tmp_path: Path) -> None:
+    """check_plan, which the core calls before any MLflow run opens, measures the split left after
+    task.val_size and task.train_subset."""
+    write_idx(tmp_path / "MNIST" / "raw", side=28, n_train=12)
+    plan = Plan(steps=1, batch_size=10, optimizer="adam", lr=1e-3)
+    task = VisionPlugin().make_task("mnist", {"val_size": 2}, data_root=tmp_path)
+    task.check_plan(plan)  # 10 of 10: one full batch
+    with pytest.raises(TaskError, match=r"^train.batch_size must be at most the 10 images of the mnist training "
+                                        r"split \(after task.val_size = 2 held out\), got 11$"):
+        task.check_plan(replace(plan, batch_size=11))
+    task = VisionPlugin().make_task("mnist", {"val_size": 2, "train_subset": 4}, data_root=tmp_path)
+    with pytest.raises(TaskError, match=r"at most the 4 images .*task.val_size = 2 held out and "
+                                        r"task.train_subset = 4 taken\), got 10"):
+        task.check_plan(plan)
 
 
 def test_scoring_sample_is_balanced_normalised_and_from_the_training_split(mnist: VisionTask) -> None:

@@ -5,6 +5,10 @@ keeping the images as stored (uint8) with the per-channel statistics that normal
 on whatever device they are held (`StoredSplits.normalise`); `make_splits` is the same split normalised
 whole, as float32. Nothing here unpickles by itself: MNIST comes as IDX files, CIFAR-10 as torchvision's
 batches (torchvision checks their md5s) or as JPEGs, and decoded JPEGs are cached as safetensors.
+
+torchvision (slow to import: it loads much of torch._dynamo) is imported inside the functions that
+read, decode or download images, so that the plugin lists its tasks and checks options without it. A
+download that fails removes what it wrote under the data root.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import tarfile
 import tempfile
 import warnings
@@ -23,9 +29,6 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from torchvision import datasets
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-from torchvision.transforms.v2 import functional as TF
 
 from ticketx.paths import user_cache
 from ticketx.task import DataError, TaskError
@@ -43,6 +46,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "test")
 TORCHVISION_DECODERS_DEPRECATED = "The image decoding and encoding capabilities of TorchVision are deprecated"
 POINT_ELSEWHERE = "point ticketx at another data root with --data-root or the TICKETX_DATA variable"
+CIFAR10_DOWNLOAD = ("cifar-10-python.tar.gz", CIFAR10_BATCHES)  # what torchvision writes under the root
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,23 +141,29 @@ def cache_root() -> Path:
 
 
 def load_mnist(root: Path, *, fashion: bool, download: bool) -> ImageData:
-    """MNIST or Fashion-MNIST from torchvision's layout, `<root>/MNIST/raw` or `<root>/FashionMNIST/raw`."""
-    cls = datasets.FashionMNIST if fashion else datasets.MNIST
-    folder = root / cls.__name__ / "raw"
+    """MNIST or Fashion-MNIST from torchvision's layout, `<root>/MNIST/raw` or `<root>/FashionMNIST/raw`;
+    where files are missing and `download` is true, torchvision downloads them there (a download that
+    fails leaves the data root as it was)."""
+    name = "FashionMNIST" if fashion else "MNIST"  # torchvision's class, and its folder under the root
+    folder = root / name / "raw"
     missing = [f for f in IDX_FILES if not (folder / f).is_file()]
     if missing and not download:
-        raise _mnist_missing(cls.__name__, folder, missing, "task.download is false")
+        raise _mnist_missing(name, folder, missing, "task.download is false")
+    from torchvision import datasets
+
+    cls = getattr(datasets, name)
     if missing:
         try:
-            for train in (True, False):
-                cls(str(root), train=train, download=True)
+            with _undone_on_failure(root, name):
+                for train in (True, False):
+                    cls(str(root), train=train, download=True)
         except (OSError, RuntimeError, ValueError) as e:  # urllib's errors are OSErrors
-            raise _mnist_missing(cls.__name__, folder, missing, f"downloading failed: {e}") from e
+            raise _mnist_missing(name, folder, missing, f"downloading failed: {_download_reason(e)}") from e
     try:
         train, test = (cls(str(root), train=t, download=False) for t in (True, False))
     except (OSError, RuntimeError, ValueError) as e:
         raise DataError(
-            f"{cls.__name__} in {folder} cannot be read: {e}. Expected torchvision's layout, the "
+            f"{name} in {folder} cannot be read: {e}. Expected torchvision's layout, the "
             f"uncompressed IDX files {', '.join(IDX_FILES)}; replace them or {POINT_ELSEWHERE}"
         ) from e
     return ImageData(
@@ -164,12 +174,61 @@ def load_mnist(root: Path, *, fashion: bool, download: bool) -> ImageData:
 
 
 def _mnist_missing(name: str, folder: Path, missing: list[str], reason: str) -> DataError:
+    """One line: where, why, the layout expected and how to get it."""
     download = ", or set task.download = true where the network is reachable" if "false" in reason else ""
+    which = "all four" if len(missing) == len(IDX_FILES) else ", ".join(missing)
     return DataError(
         f"{name} not found in {folder} ({reason}): expected torchvision's layout, the four uncompressed "
-        f"IDX files {', '.join(IDX_FILES)} (missing: {', '.join(missing)}). Put them there, or "
+        f"IDX files {', '.join(IDX_FILES)} (missing: {which}). Put them there (torchvision.datasets."
+        f"{name}(root, download=True) writes them to root/{name}/raw where the network is reachable), or "
         f"{POINT_ELSEWHERE} (the folder that holds {name}/raw){download}"
     )
+
+
+def _download_reason(e: BaseException) -> str:
+    """A failed download's reason in one line: torchvision's MNIST error lists every mirror tried, one
+    `<urlopen error ...>` each over several lines; the first such reason says what went wrong."""
+    text = str(e)
+    found = re.search(r"<urlopen error (.+?)>", text)
+    if found:
+        return found.group(1)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+    return first if len(first) <= 200 else first[:197] + "..."
+
+
+@contextmanager
+def _undone_on_failure(root: Path, *names: str) -> Iterator[None]:
+    """Where the body (a download into `root`) raises, remove what it added: `root` if it was not there
+    (and the folders made on the way to it, where nothing else came into them), else each entry
+    `root/<name>` that was not there, and what was added inside those that were. So a failed download
+    leaves no empty or partial dataset folder to be mistaken for data on the next run."""
+    made = [p for p in (root, *root.parents) if not p.exists()]  # deepest first
+    before = {n: (root / n).exists() for n in names}
+    inside = {n: set((root / n).rglob("*")) for n in names if (root / n).is_dir()}
+    try:
+        yield
+    except BaseException:
+        if made:  # everything the body wrote is below root
+            shutil.rmtree(root, ignore_errors=True)
+            for folder in made[1:]:
+                try:
+                    folder.rmdir()  # only where empty: another process may have written beside root
+                except OSError:
+                    break
+        else:
+            for n in names:
+                added = [root / n] if not before[n] else sorted(
+                    set((root / n).rglob("*")) - inside.get(n, set()), key=lambda p: len(p.parts))
+                for path in added:
+                    _remove(path)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # CIFAR-10
@@ -206,16 +265,20 @@ def load_cifar10(root: Path, *, download: bool, cache: Path) -> ImageData:
             f"{POINT_ELSEWHERE}, or set task.download = true where the network is reachable"
         )
     try:
-        return _cifar10_torchvision(root, download=True)
+        with _undone_on_failure(root, *CIFAR10_DOWNLOAD):
+            return _cifar10_torchvision(root, download=True)
     except (OSError, RuntimeError, ValueError) as e:
         raise DataError(
-            f"CIFAR-10 not found and downloading failed ({e}): {looked}. Put one of them there or "
-            f"{POINT_ELSEWHERE}"
+            f"CIFAR-10 not found and downloading failed ({_download_reason(e)}): {looked}. Put one of them "
+            f"there (torchvision.datasets.CIFAR10(root, download=True) writes root/{CIFAR10_BATCHES} where "
+            f"the network is reachable) or {POINT_ELSEWHERE}"
         ) from e
 
 
 def _cifar10_torchvision(root: Path, *, download: bool) -> ImageData:
     """CIFAR-10 through torchvision, which checks the batches' md5s; raises torchvision's errors."""
+    from torchvision import datasets
+
     train, test = (datasets.CIFAR10(str(root), train=t, download=download) for t in (True, False))
     return ImageData(
         # torchvision keeps (N, 32, 32, 3) numpy arrays
@@ -303,6 +366,8 @@ def _decode_splits(
         raise DataError(f"test classes {', '.join(extra)} have no training images: expected {layout}")
     if not per_split["test"]:
         raise DataError(f"no test images found: expected {layout}")
+    from torchvision.transforms.v2 import functional as TF
+
     label = {c: i for i, c in enumerate(classes)}
     out: dict[str, tuple[list[torch.Tensor], list[int], list[str]]] = {}
     for split, items in per_split.items():
@@ -338,6 +403,8 @@ def _decode_splits(
 
 
 def _decode_jpegs(blobs: list[torch.Tensor], names: list[str]) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     try:
         with _quiet_decoders():
             return list(decode_jpeg(blobs, mode=ImageReadMode.RGB))  # batched: ~25 us an image
@@ -346,6 +413,8 @@ def _decode_jpegs(blobs: list[torch.Tensor], names: list[str]) -> list[torch.Ten
 
 
 def _decode_one(blob: torch.Tensor, name: str, *, jpeg_only: bool) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
     try:
         with _quiet_decoders():
             if jpeg_only:
@@ -431,6 +500,8 @@ def _write_cache(path: Path, data: ImageData) -> None:
 
 def resize(data: ImageData, image_size: int) -> ImageData:
     """Every image resized to image_size x image_size (antialiased)."""
+    from torchvision.transforms.v2 import functional as TF
+
     size = [image_size, image_size]
     return replace(
         data, train_x=TF.resize(data.train_x, size, antialias=True),

@@ -1,16 +1,23 @@
-"""The `vision` entry point: image-classification tasks for ticketx."""
+"""The `vision` entry point: image-classification tasks for ticketx.
+
+Light on purpose: listing the tasks and refusing a bad option import neither torchvision nor the task,
+model and data modules (`ticketx tasks` and a recipe's errors answer without them); `make_task` imports
+the task module once the options are checked, and torchvision is imported where data is loaded.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ticketx.paths import default_data_root
 from ticketx.task import TaskError
 
 from .options import VisionOptions, suggest
-from .task import VisionTask
+
+if TYPE_CHECKING:
+    from .task import VisionTask
 
 TASKS = {
     "mnist": "MNIST digits, 28x28 grey, 10 classes (60K train incl. validation, 10K test)",
@@ -34,5 +41,8 @@ class VisionPlugin:
                 f"task.name must be one of the vision tasks {', '.join(TASKS)}, got {name!r}"
                 + suggest(name, TASKS)
             )
+        checked = VisionOptions.from_mapping(options, task=name)
+        from .task import VisionTask  # the task, model and data modules: only once the options are good
+
         root = default_data_root() if data_root is None else Path(data_root)
-        return VisionTask(name, VisionOptions.from_mapping(options, task=name), data_root=root)
+        return VisionTask(name, checked, data_root=root)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ticketx.devices import canonical, rng_devices
-from ticketx.task import DataError, Masks, MetricSpec, Observer, Plan
+from ticketx.task import DataError, Masks, MetricSpec, Observer, Plan, TaskError
 from ticketx.training import EpochBatches, balanced_sample, cross_entropy_loss, evaluate_classifier, fit, prefixed
 
 from .augment import random_crop_flip
@@ -94,6 +94,18 @@ class VisionTask:
     def prepare(self) -> None:
         """Load the dataset now, so that a missing one fails before any run is recorded."""
         self.splits()
+
+    def check_plan(self, plan: Plan) -> None:
+        """Refuse, before any run is recorded, a train.batch_size larger than the training split (what is
+        left after task.val_size and task.train_subset): one batch would not fill. Loads the data."""
+        n = self.splits().train_x.shape[0]
+        if plan.batch_size > n:
+            o = self.options
+            subset = f" and task.train_subset = {o.train_subset} taken" if o.train_subset else ""
+            raise TaskError(
+                f"train.batch_size must be at most the {n} images of the {self.name} training split (after "
+                f"task.val_size = {o.val_size} held out{subset}), got {plan.batch_size}"
+            )
 
     def build_model(self, seed: int) -> nn.Module:
         """The configured model, initialised from `seed` alone."""
