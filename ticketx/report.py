@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,28 +83,40 @@ def _infer_metric(keys: Iterable[str]) -> tuple[str, bool]:
                       f"{', '.join('es_test_' + k for k in KNOWN_METRICS)} was recorded")
 
 
-def from_job_dir(path: Path) -> JobData:
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise ReportError(f"cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ReportError(f"{path} is not valid JSON ({e})") from None
+
+
+def from_job_dir(path: Path, uri: str | None = None) -> JobData:
     """A job folder (`ticketx find/transfer --out`): its job.json and the arms' records (finished arms
-    only, so a job still running or killed half-way reports what it has)."""
+    only, so a job still running or killed half-way reports what it has). The run id is the job's parent
+    run in the store `uri` when job.json names one there, else the first it names."""
     path = Path(path)
     meta_file = path / "job.json"
     if not meta_file.exists():
         raise ReportError(f"{path} is not a ticketx job folder (no job.json in it)")
-    meta = json.loads(meta_file.read_text())
+    meta = _read_json(meta_file)
+    if not isinstance(meta, dict):
+        raise ReportError(f"{meta_file}: expected a JSON object")
     results = path / "results.json"
     if results.exists():
-        raw = json.loads(results.read_text())
+        raw = _read_json(results)
     else:
         # arm records sit beside the level's ticket folder (r0/L01/ticket.json is the ticket arm's record;
         # r0/L01/ticket/ticket.json is the ticket itself)
-        raw = [json.loads(f.read_text()) for f in sorted(path.glob("**/*.json"))
+        raw = [_read_json(f) for f in sorted(path.glob("**/*.json"))
                if f.parent != path and f.parent.name != "ticket"]
         raw = [r for r in raw if isinstance(r, dict) and "arm" in r and "early_stop_step" in r]
     records = [_flatten_record(r) for r in raw]
     if not records:
         raise ReportError(f"{path} holds no finished arm yet")
     runs = meta.get("parent_runs", {})
-    run_id = next(iter(runs.values()), "") if runs else ""
+    run_id = (runs.get(uri) or next(iter(runs.values()), "")) if isinstance(runs, dict) and runs else ""
     primary, higher = _infer_metric(k for r in records for k in r)
     return JobData(kind=meta.get("kind", ""), name=path.name, run_id=run_id, primary=primary,
                    higher_is_better=higher, records=records)
@@ -140,25 +152,29 @@ def from_run(tracker: Tracker, run_id: str) -> JobData:
                    higher_is_better=higher, records=records, experiment_id=exp_id)
 
 
-def resolve(ref: str, tracker: Tracker) -> list[JobData]:
-    """A job folder, a parent run id, or an experiment name (all its find and transfer jobs)."""
+def needs_store(ref: str, log: bool) -> bool:
+    """Whether reporting `ref` talks to the tracking store: to log, or to read a run or an experiment."""
+    return log or not Path(ref).expanduser().is_dir()
+
+
+def resolve(ref: str, tracker: Tracker | None) -> list[JobData]:
+    """A job folder, a parent run id, or an experiment name (all its find and transfer jobs); a job folder
+    needs no tracker."""
     path = Path(ref).expanduser()
     if path.is_dir():
-        return [from_job_dir(path)]
+        return [from_job_dir(path, tracker.uri if tracker is not None else None)]
+    if tracker is None:
+        raise ReportError(f"{ref!r} is not a job folder; a run id or an experiment needs the MLflow store")
     errors = []
     if len(ref) == 32 and all(ch in "0123456789abcdef" for ch in ref):
         try:
             return [from_run(tracker, ref)]
         except TrackingError as e:
             errors.append(str(e))
-    exp = tracker.client.get_experiment_by_name(ref)
+    exp = tracker.find_experiment(ref)
     if exp is not None:
-        parents = tracker.client.search_runs([exp.experiment_id], filter_string="tags.`ticketx.kind` != ''",
-                                             max_results=1000)
         jobs = []
-        for run in parents:
-            if "mlflow.parentRunId" in run.data.tags:
-                continue
+        for run in tracker.job_runs(exp.experiment_id):
             try:
                 jobs.append(from_run(tracker, run.info.run_id))
             except ReportError:
@@ -304,13 +320,33 @@ def render(job: JobData, out: Path) -> list[Path]:
     return files
 
 
-def report(ref: str, tracker: Tracker, out: Path, *, log: bool = True) -> list[tuple[JobData, list[Path]]]:
-    """Render every job `ref` names into `out/<job>/`; log the files to each job's parent run."""
-    done = []
+def log_files(job: JobData, files: list[Path], tracker: Tracker) -> str:
+    """Log a job's report files to its parent run, under report/; returns where they went, or why not."""
+    if not job.run_id:
+        return "not logged to MLflow: the job folder names no MLflow run"
+    if not tracker.exists(job.run_id):
+        return (f"not logged to MLflow: {tracker.uri} has no run {job.run_id} (the job was recorded in another "
+                "store: set MLFLOW_TRACKING_URI to it, or pass --no-log)")
+    for f in files:
+        tracker.log_artifact(job.run_id, f, "report")
+    return f"logged to MLflow run {job.run_id} under report/ ({tracker.uri})"
+
+
+def report(ref: str, tracker: Tracker | None, out: Path, *, log: bool = True,
+           done: Callable[[JobData, list[Path], str], None] | None = None) -> list[tuple[JobData, list[Path]]]:
+    """Render every job `ref` names into `out/<job>/`; log the files to each job's parent run. `done(job,
+    files, logged)` is called as each job is written, `logged` saying where its files were logged or why
+    they were not."""
+    out_jobs = []
     for job in resolve(ref, tracker):
         files = render(job, Path(out) / job.folder_name)
-        if log and job.run_id and tracker.exists(job.run_id):
-            for f in files:
-                tracker.log_artifact(job.run_id, f, "report")
-        done.append((job, files))
-    return done
+        if not log:
+            logged = "not logged to MLflow (--no-log)"
+        elif tracker is None:
+            raise ReportError("logging a report needs the MLflow store")
+        else:
+            logged = log_files(job, files, tracker)
+        if done is not None:
+            done(job, files, logged)
+        out_jobs.append((job, files))
+    return out_jobs

@@ -26,6 +26,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from . import __version__
+from .files import dir_mode
 from .masks import layer_density
 
 FORMAT = 1
@@ -90,6 +91,7 @@ def save(ticket: Ticket, path: Path) -> Path:
     tmp = None
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        os.chmod(tmp, dir_mode())  # mkdtemp makes it owner-only; a ticket is read as any folder is
         _fsync_write(tmp / MASKS, masks_bytes)
         _fsync_write(tmp / WEIGHTS, weights_bytes)
         _fsync_write(tmp / META, json.dumps(meta, indent=2, sort_keys=True).encode())
