@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -17,20 +18,17 @@ from .paths import DATA_ENV
 from .paths import data_root as resolve_data_root  # --data-root, else $TICKETX_DATA, else the user cache
 
 
+_ERRORS = (("config", "ConfigError"), ("devices", "DeviceError"), ("masks", "MaskError"),
+           ("plugins", "PluginError"), ("task", "TaskError"), ("ticket", "TicketError"),
+           ("tracking", "TrackingError"), ("pool", "WorkerError"), ("report", "ReportError"),
+           ("analysis", "AnalysisError"), ("files", "FileWriteError"), ("jobs", "JobBusyError"))
+
+
 def _errors() -> tuple[type[BaseException], ...]:
-    from .config import ConfigError
-    from .devices import DeviceError
-    from .files import FileWriteError
-    from .masks import MaskError
-    from .plugins import PluginError
-    from .pool import WorkerError
-    from .task import TaskError
-    from .ticket import TicketError
-    from .analysis import AnalysisError
-    from .report import ReportError
-    from .tracking import TrackingError
-    return (ConfigError, DeviceError, MaskError, PluginError, TaskError, TicketError, TrackingError, WorkerError,
-            ReportError, AnalysisError, FileWriteError)
+    """The errors a command prints as one line. An error can only have been raised by a module that was
+    imported, so only those are looked at: an early error never waits for torch or MLflow to import."""
+    found = [getattr(sys.modules[f"ticketx.{m}"], name) for m, name in _ERRORS if f"ticketx.{m}" in sys.modules]
+    return (*found, OSError)  # last: any other file or network error, in one line naming the path
 
 
 def _workers(option: int | None, backend: str = "local", cfg: Any = None, task: Any = None) -> int:
@@ -67,6 +65,8 @@ class _Printer:
                     else f"training {info['steps']} steps")
             click.echo(f"{tag} density {100 * info['density']:.2f}%  {what}")
             self.last = time.monotonic()
+        elif event == "recorded":  # a moved job's finished arms, recorded in this store
+            click.echo(info["message"])
         elif event == "warning":
             click.echo(f"warning: {info['message']}", err=True)
         elif event == "eval" and self.early_stop in info["metrics"]:  # not the early-stop weights' test score
@@ -171,7 +171,45 @@ def _early_bird_line(rows: list[dict[str, Any]], steps: int, rewind: int) -> str
             f"{trained:,.0f} of {budget:,} steps ({100 * (1 - trained / budget):.1f}% saved)")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled as Ctrl-C is: the job's runs end KILLED and it can be resumed."""
+
+
+class _Main(click.Group):
+    """The `ticketx` group: SIGTERM (timeout, batch schedulers, kill) and SIGHUP (a closed terminal) end a
+    command as Ctrl-C does, and the exit status is 128 + the signal's number, as shells report it."""
+
+    signalled: int | None = None
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        import signal
+
+        def on_signal(signum: int, frame: Any) -> None:
+            if _Main.signalled is not None:
+                return  # already stopping: let the runs be marked
+            _Main.signalled = signum
+            import multiprocessing
+            for child in multiprocessing.active_children():  # the job's workers, which a terminal's
+                try:  # Ctrl-C reaches through the process group but a signal to this process does not
+                    os.kill(child.pid, signal.SIGTERM)  # ticketx.pool: a unit in training stops as on Ctrl-C
+                except ProcessLookupError:
+                    pass
+            raise _Signalled
+
+        before = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        _Main.signalled = None
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit:
+            if _Main.signalled is not None:
+                raise SystemExit(128 + _Main.signalled) from None
+            raise
+        finally:
+            for sig, handler in before.items():  # as they were (the CLI run inside a test, say)
+                signal.signal(sig, handler)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ticketx")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch threads per process (two cores are better used by two processes)")
@@ -240,16 +278,19 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
     GraSP, SynFlow, ... at the ticket's density, and their ablations). Running the same recipe again
     resumes where it stopped."""
     from . import config as configlib
-    from . import findjob as findlib
     from . import plugins
-    from .tracking import Tracker
+    from .files import check_writable
 
     try:
+        check_writable(out, "job folders")  # before anything trains or opens a run
         cfg = configlib.load(recipe, _with_device(overrides, device))
         task = plugins.make_task(cfg.task.plugin, cfg.task.name, cfg.task.options,
                                  available=plugins.discover(), data_root=resolve_data_root(data_root))
         _, where = _job_device(cfg, task)
+        from . import findjob as findlib  # MLflow: imported once the recipe and task are known good
+        from .tracking import Tracker
         tracker = Tracker()
+        tracker.check_reachable()
         click.echo(f"ticketx find {cfg.name}: {cfg.task.plugin}/{cfg.task.name}, {cfg.prune.levels} levels "
                    f"x {len(cfg.arms)} arms x {cfg.replicates} replicate(s), {cfg.train.steps} steps each, "
                    f"on {where}; MLflow store {tracker.uri}")
@@ -293,10 +334,13 @@ def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str |
     weights, and the dense network. A list of learning rates is a grid: validation picks one per arm."""
     from . import plugins
     from . import transferjob as transferlib
+    from .files import check_writable
     from .tracking import Tracker
 
-    fetch = transferlib.workdir()
+    fetch = None
     try:
+        check_writable(out, "job folders")  # before anything trains or opens a run
+        fetch = transferlib.workdir()  # an unwritable $TMPDIR is an error like any other
         tracker = Tracker()
         tracker.check_reachable()
         available = plugins.discover()
@@ -323,7 +367,8 @@ def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str |
     except _errors() as e:
         raise click.ClickException(str(e)) from None
     finally:
-        shutil.rmtree(fetch, ignore_errors=True)  # tickets fetched from MLflow: loaded, no longer needed
+        if fetch is not None:
+            shutil.rmtree(fetch, ignore_errors=True)  # tickets fetched from MLflow: loaded, no longer needed
     primary = result.metrics.primary
     click.echo("\n" + _table(result.rows, primary, lr=True))
     gaps = _transfer_gaps(result.rows, primary, result.metrics.higher_is_better)
@@ -369,9 +414,13 @@ def export(ticket_dir: Path, out: Path, weights: str, max_density: float | None,
     from . import export as exportlib
     from . import plugins
     from . import ticket as ticketlib
+    from .files import FileWriteError, check_writable
     from .task import check_ticket
 
     try:
+        if out.is_dir():
+            raise FileWriteError(f"--out {out} is a folder; name the model file to write, e.g. {out / 'model.pt'}")
+        check_writable(out.parent, f"the exported model {out.name}")
         t = ticketlib.load(ticket_dir)
         spec = t.meta.get("task", {})
         if not isinstance(spec, dict):
@@ -526,19 +575,32 @@ def report(ref: str, out: Path, log: bool) -> None:
     end, generalisation gap, weight movement; mean/min/max over replicates), metric.png, early_stop.png,
     and gap.png / movement.png where the job recorded those numbers.
     """
+    from .files import check_writable
+    from .report import needs_store
     from .report import report as make_report
-    from .tracking import Tracker
+    from .tracking import Tracker, TrackingError
 
-    try:
-        done = make_report(ref, Tracker(), out, log=log)
-    except _errors() as e:
-        raise click.ClickException(str(e)) from None
-    for job, files in done:
-        arms = len(job.records)
-        click.echo(f"{job.kind} {job.name} ({arms} finished arm(s)"
+    def done(job: Any, files: list[Path], logged: str) -> None:
+        click.echo(f"{job.kind} {job.name} ({len(job.records)} finished arm(s)"
                    + (f", run {job.run_id}" if job.run_id else "") + "):")
         for f in files:
             click.echo(f"  {f}")
+        click.echo(f"  {logged}")
+
+    try:
+        check_writable(out, "the report")
+        tracker = None
+        if needs_store(ref, log):  # a job folder with --no-log needs no store
+            try:
+                tracker = Tracker()
+                tracker.check_reachable()
+            except TrackingError as e:
+                if Path(ref).expanduser().is_dir():
+                    raise TrackingError(f"{e}; or pass --no-log to write the report without logging it") from None
+                raise
+        make_report(ref, tracker, out, log=log, done=done)
+    except _errors() as e:
+        raise click.ClickException(str(e)) from None
 
 
 @main.command()
@@ -593,8 +655,9 @@ def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int,
     from . import instability as inst
     from . import plugins
     from . import ticket as ticketlib
+    from .files import check_writable
     from .task import check_spec, check_ticket
-    from .tracking import Tracker
+    from .tracking import Tracker, TrackingError
 
     try:
         try:
@@ -605,6 +668,10 @@ def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int,
             raise configlib.ConfigError("--rewind needs at least one step")
         cfg = configlib.load(recipe, _with_device(overrides, device))
         inst.check(cfg, ks)
+        # the output folder and the store before anything trains: a failure after training loses it
+        folder = check_writable(inst.folder(out, cfg, ks, points, ticket_dir), "instability.csv and .png")
+        tracker = Tracker()
+        tracker.check_reachable()
         task = plugins.make_task(cfg.task.plugin, cfg.task.name, cfg.task.options,
                                  available=plugins.discover(), data_root=resolve_data_root(data_root))
         on, where = _job_device(cfg, task)
@@ -616,7 +683,6 @@ def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int,
             masks = t.masks
         task.prepare()
         check_spec(task, cfg.task.plugin, cfg.task.name)
-        tracker = Tracker()
         exp_id = tracker.experiment(experiment or cfg.name)
         what, _ = inst.error_fn(task)
         run_id = tracker.start_run(exp_id, f"instability {cfg.name}",
@@ -630,16 +696,18 @@ def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int,
         try:
             with _rewind_progress() as report:
                 results = inst.run(cfg, task, ks, masks=masks, points=points, progress=report, device=on)
-        except BaseException as e:
-            tracker.finish(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            for p in results:
+                tracker.log_metrics(run_id, {"barrier": p.barrier, "error_copy1": p.end_errors[0],
+                                             "error_copy2": p.end_errors[1]}, p.k)
+            files = inst.write(results, what, folder, f"instability: {cfg.name}, {what}")
+            for f in files:
+                tracker.log_artifact(run_id, f)
+        except BaseException as e:  # no run left RUNNING, whatever stopped it
+            try:
+                tracker.finish(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            except TrackingError:
+                pass  # the store itself failed: the error that stopped the run is the one to report
             raise
-        for p in results:
-            tracker.log_metrics(run_id, {"barrier": p.barrier, "error_copy1": p.end_errors[0],
-                                         "error_copy2": p.end_errors[1]}, p.k)
-        files = inst.write(results, what, inst.folder(out, cfg, ks, points, ticket_dir),
-                           f"instability: {cfg.name}, {what}")
-        for f in files:
-            tracker.log_artifact(run_id, f)
         tracker.finish(run_id)
     except _errors() as e:
         raise click.ClickException(str(e)) from None

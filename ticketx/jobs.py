@@ -202,8 +202,68 @@ class Job:
             runs[self.tracker.uri] = parent
         self.parent = parent  # from here a failure ends it (Job.fail)
         self.tracker.set_tags(parent, {"ticketx.device": self.device})
+        self._record_finished_arms(parent, [uri for uri in runs if uri != self.tracker.uri])
         write_json(state_file, {"kind": self.kind, "config": dict(self.config), "config_hash": self.hash,
                                 "task": task_spec, "parent_runs": runs, "experiment": self.experiment})
+
+    RECORD_KEYS = ("replicate", "level", "arm", "lr")  # what names an arm's run among a job's child runs
+
+    def _record_finished_arms(self, parent: str, elsewhere: list[str]) -> None:
+        """Give every arm this folder holds a result for a child run in this store, where it has none.
+
+        A job moved to another store (the local one to a team server, say) finds its finished arms
+        "already done" but no runs of them there: each gets a FINISHED child run made from its result file,
+        with the params, summary metrics and ticket the original run had (the per-step curves stay in the
+        store it trained in, named by the tag ticketx.recorded_from), and its result file then names the
+        new run. Runs of arms recorded before are left alone, so a move interrupted half-way completes.
+        """
+        results = [f for f in sorted(self.dir.rglob("*.json")) if f.with_suffix(".run").exists()]
+        if not results:
+            return
+        have = {tuple(str(c.data.params.get(k, "")) for k in self.RECORD_KEYS)
+                for c in self.tracker.child_runs(self.exp_id, parent) if c.info.status == "FINISHED"}
+        made = 0
+        for result_file in results:
+            record = json.loads(result_file.read_text())
+            key = tuple(str(record.get(k, "")) for k in self.RECORD_KEYS)
+            if key in have:
+                continue
+            summary = {"density", "layer_density", "early_stop_step", "at_early_stop", "final", "seconds",
+                       "run_id", "movement", "early_bird_step", "steps_trained", "resumed_at", "device"}
+            params = {k: str(v) for k, v in record.items() if k not in summary and not isinstance(v, (dict, list))}
+            params["density"] = f"{record['density']:.6f}"
+            tags = {f"ticketx.{k}": str(record[k]) for k in self.RECORD_KEYS if k in record}
+            tags.update({"ticketx.device": str(record.get("device", "")),
+                         "ticketx.recorded_from": f"{' '.join(elsewhere) or 'another store'} (run {record['run_id']})"})
+            name = f"L{int(record['level']):02d} {record['arm']} r{record['replicate']}"
+            if "lr" in record:
+                name += f" lr={record['lr']:g}"
+            run_id = self.tracker.start_run(self.exp_id, name, parent=parent, tags=tags, params=params)
+            metrics = {"density": record["density"], "early_stop_step": record["early_stop_step"],
+                       "seconds": record["seconds"],
+                       **{f"es_{k}": v for k, v in record["at_early_stop"].items()},
+                       **{f"final_{k}": v for k, v in record["final"].items()},
+                       **{k: record[k] for k in ("steps_trained", "early_bird_step") if record.get(k) is not None}}
+            self.tracker.log_metrics(run_id, metrics)
+            if record.get("movement"):
+                self.tracker.log_metrics(run_id, record["movement"], int(record.get("steps", 0)))
+            ticket = self._ticket_of(result_file.parent, record["arm"])
+            if ticket is not None:
+                self.tracker.log_artifacts(run_id, ticket, "ticket")
+            self.tracker.finish(run_id)
+            write_json(result_file, {**record, "run_id": run_id})
+            made += 1
+        if made:
+            self.progress("recorded", {"message": f"recorded {made} finished arm(s) of {self.dir.name} in "
+                                                  f"{self.tracker.uri} from the job folder (their per-step "
+                                                  "curves stay in the store they trained in)"})
+
+    def _ticket_of(self, folder: Path, arm: str) -> Path | None:
+        """The ticket folder a find arm's run holds as its artifact (as `findjob` logs it), if any."""
+        from . import arms as armlib
+        spec = armlib.FIND.get(arm) if self.kind == "find" else None
+        name = "ticket" if spec is not None and spec.chain else (spec.ticket_dir if spec is not None else None)
+        return folder / name if name and (folder / name).is_dir() else None
 
     def _checkpointed_runs(self) -> set[str]:
         """Run ids of arms that left a checkpoint: their runs are continued when the arm resumes."""
