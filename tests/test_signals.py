@@ -70,3 +70,23 @@ def test_a_signal_ends_the_job_as_ctrl_c_and_it_resumes(sig, tmp_path, cli_env, 
     live = [r for r in tracker.client.search_runs([tracker.experiment(f"sig-{sig.name}")], max_results=100)
             if r.info.lifecycle_stage == "active"]
     assert sorted(r.info.status for r in live).count("FINISHED") == 1 + 4
+
+
+def test_an_interruption_waits_for_the_held_block_to_end():
+    from ticketx import signals
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals.held():
+            with signals.held():
+                signals.interrupt()  # as a handler does while a run is being created
+                done.append("inner")
+            done.append("outer")  # the run is known to the job: now the interruption may come
+    assert done == ["inner", "outer"]
+    with pytest.raises(ValueError):  # a block ending in an error keeps it; the held interruption goes with it
+        with signals.held():
+            signals.interrupt()
+            raise ValueError("the block's own error")
+    with signals.held():
+        pass  # nothing left pending from the block that ended in an error
+    with pytest.raises(KeyboardInterrupt):
+        signals.interrupt()  # outside any block: at once

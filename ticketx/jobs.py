@@ -30,6 +30,7 @@ from . import masks as masklib
 from .checkpoint import ArmCheckpoints, CheckpointError
 from .earlybird import EarlyBird
 from .files import atomic_write, write_csv, write_json
+from .signals import held
 from .task import Masks, MetricSpec, Plan, StopTraining, Task, TaskError
 from .tracking import Tracker, git_commit
 
@@ -178,8 +179,9 @@ class Job:
             if parent:  # killed while its params were logged, perhaps
                 self.tracker.log_params(parent, self.params)
         if parent:
-            self.tracker.reopen(parent)
-            self.parent = parent  # reopened: a failure from here ends it again (Job.fail)
+            with held():
+                self.tracker.reopen(parent)
+                self.parent = parent  # reopened: a failure from here ends it again (Job.fail)
             runs[self.tracker.uri] = parent
             resumable = self._checkpointed_runs()
             for child in self.tracker.child_runs(self.exp_id, parent):
@@ -197,8 +199,10 @@ class Job:
             commit = git_commit(Path.cwd())
             if commit:
                 tags["mlflow.source.git.commit"] = tags["ticketx.git_commit"] = commit
-            parent = self.tracker.start_run(self.exp_id, f"{self.kind} {self.name}",
-                                            tags=tags, params=self.params)
+            with held():  # a signal waits until Job.fail can end the run
+                parent = self.tracker.start_run(self.exp_id, f"{self.kind} {self.name}",
+                                                tags=tags, params=self.params)
+                self.parent = parent
             runs[self.tracker.uri] = parent
         self.parent = parent  # from here a failure ends it (Job.fail)
         self.tracker.set_tags(parent, {"ticketx.device": self.device})
@@ -299,28 +303,33 @@ class Job:
         dens = masklib.density(s.masks)
         tags = {f"ticketx.{k}": str(v) for k, v in info.items() if k != "steps"}
         tags["ticketx.device"] = self.device
-        if run_id is None:
-            params = {**{k: str(v) for k, v in info.items()}, **s.params, "density": f"{dens:.6f}",
-                      "data_seed": str(plan.data_seed), "start_step": str(plan.start_step),
-                      "device": self.device, "precision": plan.precision}
-            run_id = self.tracker.start_run(self.exp_id, run_name, parent=self.parent, tags=tags, params=params)
-            run_file.write_text(run_id)
-            recorder = Recorder(self.tracker, run_id, capture_at=s.capture_at, progress=self.progress,
-                                info={**info, "density": dens}, early_bird=s.early_bird)
-            self.progress("start", {**info, "density": dens, "run_id": run_id})
-        else:  # the same run goes on (on this job's device, which may differ from the one it began on)
-            assert saved is not None
-            self.tracker.reopen(run_id)
-            self.tracker.set_tags(run_id, {**tags, "ticketx.resumed_at": str(saved["step"])})
-            recorder = Recorder(self.tracker, run_id, capture_at=s.capture_at, progress=self.progress,
-                                info={**info, "density": dens}, logged=self.tracker.logged_steps(run_id),
-                                early_bird=s.early_bird)
-            recorder.restore(saved["core"])
-            clock["before"] = float(saved["core"]["seconds"])
-            self.progress("start", {**info, "density": dens, "run_id": run_id, "resumed_at": saved["step"]})
-        recorder.checkpoints = checkpoints
-        clock["began"] = time.perf_counter()
+        opened: str | None = None  # the run this arm holds RUNNING, once it does
         try:
+            with held():  # a signal waits until the run is known to this arm (ended below if it comes)
+                if run_id is None:
+                    params = {**{k: str(v) for k, v in info.items()}, **s.params, "density": f"{dens:.6f}",
+                              "data_seed": str(plan.data_seed), "start_step": str(plan.start_step),
+                              "device": self.device, "precision": plan.precision}
+                    run_id = opened = self.tracker.start_run(self.exp_id, run_name, parent=self.parent, tags=tags,
+                                                             params=params)
+                    run_file.write_text(run_id)
+                else:  # the same run goes on (on this job's device, which may differ from the one it began on)
+                    self.tracker.reopen(run_id)
+                    opened = run_id
+            if saved is None:
+                recorder = Recorder(self.tracker, run_id, capture_at=s.capture_at, progress=self.progress,
+                                    info={**info, "density": dens}, early_bird=s.early_bird)
+                self.progress("start", {**info, "density": dens, "run_id": run_id})
+            else:
+                self.tracker.set_tags(run_id, {**tags, "ticketx.resumed_at": str(saved["step"])})
+                recorder = Recorder(self.tracker, run_id, capture_at=s.capture_at, progress=self.progress,
+                                    info={**info, "density": dens}, logged=self.tracker.logged_steps(run_id),
+                                    early_bird=s.early_bird)
+                recorder.restore(saved["core"])
+                clock["before"] = float(saved["core"]["seconds"])
+                self.progress("start", {**info, "density": dens, "run_id": run_id, "resumed_at": saved["step"]})
+            recorder.checkpoints = checkpoints
+            clock["began"] = time.perf_counter()
             model = s.model.to(self.device)  # in place: s.model is this model
             on_device = {n: m.to(self.device) for n, m in s.masks.items()}
             recorder.masks, recorder.what = on_device, f"{arm} ({run_name})"
@@ -343,7 +352,8 @@ class Job:
             extra = (after(model, recorder, run_id) if after is not None else None) or {}
         except BaseException as e:
             s.model.to("cpu")
-            self.tracker.finish(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            if opened is not None:
+                self.tracker.finish(opened, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             raise
         record = {**info, **{k: v for k, v in s.params.items() if k not in info}, "density": dens,
                   "layer_density": masklib.layer_density(s.masks), "early_stop_step": es_step,
@@ -358,11 +368,12 @@ class Job:
             metrics["steps_trained"] = record["steps_trained"]
             if s.early_bird.found is not None:
                 metrics["early_bird_step"] = s.early_bird.found
-        self.tracker.log_metrics(run_id, {**metrics, **{f"es_{k}": v for k, v in at_es.items()},
-                                          **{f"final_{k}": v for k, v in final.items()}})
-        self.tracker.finish(run_id)  # then the result: killed between the two, the arm is redone, no run left RUNNING
-        write_json(result_file, record)
-        checkpoints.remove()
+        with held():  # a signal waits for the run's end and the result (a kill -9 may not: below)
+            self.tracker.log_metrics(run_id, {**metrics, **{f"es_{k}": v for k, v in at_es.items()},
+                                              **{f"final_{k}": v for k, v in final.items()}})
+            self.tracker.finish(run_id)  # then the result: killed between the two, the arm is redone, none RUNNING
+            write_json(result_file, record)
+            checkpoints.remove()
         self.progress("done", {**info, "record": record})
         return record
 

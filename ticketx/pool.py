@@ -113,13 +113,23 @@ def _on_term(signum: int, frame: Any) -> None:
         return  # the first one is being handled
     _stopping = True
     if _busy:
-        raise KeyboardInterrupt
+        from .signals import interrupt
+        interrupt()  # KeyboardInterrupt now, or once the run being created or ended is known to the arm
+        return
     os._exit(128 + signum)
+
+
+def _on_int(signum: int, frame: Any) -> None:
+    """Ctrl-C in a worker (a terminal signals the whole process group): KeyboardInterrupt, held back while
+    a run is being created or ended (`ticketx.signals`)."""
+    from .signals import interrupt
+    interrupt()
 
 
 def _init_worker(work: Work, events: Any, threads: int, parent: int, counter: Any = None) -> None:
     global _runner, _worker_index
     signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, _on_int)
     _exit_with_parent(parent)  # first: the parent may have died while this process was importing
     if counter is not None:
         with counter.get_lock():
