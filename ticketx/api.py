@@ -133,7 +133,8 @@ def transfer(ticket: PathLike | Result, to: PathLike | Mapping[str, Any], overri
              tracking_uri: str | None = None, progress: Any = "auto") -> Result:
     """Train tickets on another task, optimizer or learning rate: `ticketx transfer TICKET --to TO`.
 
-    `ticket`: a find `Result`, a find job folder, a ticket folder, `runs:/RUN_ID/ticket` or `RUN_ID[@LEVEL]`.
+    `ticket`: a find `Result`, a find job folder, a ticket folder, `runs:/RUN_ID/ticket`, `RUN_ID[@LEVEL]`, or
+    `models:/NAME/VERSION` / `models:/NAME@ALIAS` (a published ticket).
     `to`: a transfer recipe file, `"plugin/task"` (the source's options and training config, another task),
     or a recipe dict. `levels`: "all", a level or a list of them (default: the pruned level with the best
     validation metric). `compare`: a find job on the target whose tickets train as the target_ticket arm.
@@ -181,8 +182,9 @@ def load_ticket(ref: PathLike, *, level: int | None = None, arm: str = "ticket",
                 metrics: MetricSpec | None = None) -> Ticket:
     """One ticket: masks, rewind weights and metadata (`ticketx.ticket.Ticket`), checked as it is read.
 
-    `ref` is what `transfer` takes: a ticket folder, a find job folder, `runs:/RUN_ID/ticket` or
-    `RUN_ID[@LEVEL]`. From a job, `level` picks the level (default: the pruned level with the best
+    `ref` is what `transfer` takes: a ticket folder, a find job folder, `runs:/RUN_ID/ticket`,
+    `RUN_ID[@LEVEL]`, or a ticket published to the Model Registry, `models:/NAME/VERSION` or
+    `models:/NAME@ALIAS` (`ticketx publish`). From a job, `level` picks the level (default: the pruned level with the best
     validation metric, judged by `metrics`, else by the job's own metric) and `arm` whose masks (the IMP
     ticket, or a criterion arm such as "snip"). Tickets fetched from MLflow are read into memory.
     """

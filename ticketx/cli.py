@@ -21,7 +21,8 @@ from .paths import data_root as resolve_data_root  # --data-root, else $TICKETX_
 _ERRORS = (("config", "ConfigError"), ("devices", "DeviceError"), ("masks", "MaskError"),
            ("plugins", "PluginError"), ("task", "TaskError"), ("ticket", "TicketError"),
            ("tracking", "TrackingError"), ("pool", "WorkerError"), ("report", "ReportError"),
-           ("analysis", "AnalysisError"), ("files", "FileWriteError"), ("jobs", "JobBusyError"))
+           ("analysis", "AnalysisError"), ("files", "FileWriteError"), ("jobs", "JobBusyError"),
+           ("registry", "RegistryError"))
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -29,6 +30,40 @@ def _errors() -> tuple[type[BaseException], ...]:
     imported, so only those are looked at: an early error never waits for torch or MLflow to import."""
     found = [getattr(sys.modules[f"ticketx.{m}"], name) for m, name in _ERRORS if f"ticketx.{m}" in sys.modules]
     return (*found, OSError)  # last: any other file or network error, in one line naming the path
+
+
+class _LocalTicket:
+    """TICKET as a local folder, in a `with`: a folder as it is, or a `models:/NAME/VERSION` /
+    `models:/NAME@ALIAS` URI's registered ticket downloaded into a temporary folder (removed after). Ticket
+    errors inside name the URI, not the temporary folder."""
+
+    def __init__(self, ref: str | Path) -> None:
+        self.ref, self.tmp = str(ref), None
+
+    def __enter__(self) -> Path:
+        from . import registry
+        if not registry.is_ref(self.ref):
+            return Path(self.ref)
+        import tempfile
+
+        from .tracking import Tracker
+        tracker = Tracker()
+        tracker.check_reachable()
+        self.tmp = Path(tempfile.mkdtemp(prefix="ticketx-models-"))
+        try:
+            self.folder = registry.fetch(self.ref, tracker, self.tmp)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        return self.folder
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
+        if self.tmp is None:
+            return
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        from .ticket import TicketError
+        if isinstance(error, TicketError):
+            raise type(error)(str(error).replace(str(self.folder), self.ref)) from None
 
 
 def _workers(option: int | None, backend: str = "local", cfg: Any = None, task: Any = None) -> int:
@@ -184,6 +219,11 @@ class _Main(click.Group):
     def main(self, *args: Any, **kwargs: Any) -> Any:
         import signal
 
+        from .signals import interrupt
+
+        def on_interrupt(signum: int, frame: Any) -> None:  # Ctrl-C: held back as the others are
+            interrupt(KeyboardInterrupt)
+
         def on_signal(signum: int, frame: Any) -> None:
             if _Main.signalled is not None:
                 return  # already stopping: let the runs be marked
@@ -194,9 +234,10 @@ class _Main(click.Group):
                     os.kill(child.pid, signal.SIGTERM)  # ticketx.pool: a unit in training stops as on Ctrl-C
                 except ProcessLookupError:
                     pass
-            raise _Signalled
+            interrupt(_Signalled)  # now, or once the run being created or ended is known to the job
 
         before = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        before[signal.SIGINT] = signal.signal(signal.SIGINT, on_interrupt)
         _Main.signalled = None
         try:
             return super().main(*args, **kwargs)
@@ -421,23 +462,24 @@ def export(ticket_dir: Path, out: Path, weights: str, max_density: float | None,
         if out.is_dir():
             raise FileWriteError(f"--out {out} is a folder; name the model file to write, e.g. {out / 'model.pt'}")
         check_writable(out.parent, f"the exported model {out.name}")
-        t = ticketlib.load(ticket_dir)
-        spec = t.meta.get("task", {})
-        if not isinstance(spec, dict):
-            raise ticketlib.TicketError(f"{ticket_dir}: ticket.json has no task description to build the model")
-        task = plugins.make_task(spec.get("plugin", "?"), spec.get("task", "?"), spec.get("options", {}),
-                                 available=plugins.discover(), data_root=resolve_data_root(data_root))
-        model = task.build_model(int(t.meta.get("seed", 0)))
-        check_ticket(task, t, model)
-        trained = Path(ticket_dir).parent / "trained.safetensors"  # the ticket arm's, beside its ticket
-        arm = t.meta.get("arm", "ticket")
-        if weights == "trained" and arm != "ticket":
-            raise ticketlib.TicketError(f"{ticket_dir} is the {arm} arm's ticket, whose trained weights a find job "
-                                        "does not keep; export its own weights with --weights ticket")
-        if weights == "trained" and not trained.exists():
-            raise ticketlib.TicketError(f"no trained weights at {trained} (a ticket from a find job folder has them)")
-        use_trained = weights != "ticket" and arm == "ticket" and trained.exists()
-        model.load_state_dict(load_file(str(trained)) if use_trained else t.weights)
+        with _LocalTicket(ticket_dir) as local:  # a folder, or a models:/ URI fetched into one
+            t = ticketlib.load(local)
+            spec = t.meta.get("task", {})
+            if not isinstance(spec, dict):
+                raise ticketlib.TicketError(f"{ticket_dir}: ticket.json has no task description to build the model")
+            task = plugins.make_task(spec.get("plugin", "?"), spec.get("task", "?"), spec.get("options", {}),
+                                     available=plugins.discover(), data_root=resolve_data_root(data_root))
+            model = task.build_model(int(t.meta.get("seed", 0)))
+            check_ticket(task, t, model)
+            trained = local.parent / "trained.safetensors"  # the ticket arm's, beside its ticket
+            arm = t.meta.get("arm", "ticket")
+            if weights == "trained" and arm != "ticket":
+                raise ticketlib.TicketError(f"{ticket_dir} is the {arm} arm's ticket, whose trained weights a find job "
+                                            "does not keep; export its own weights with --weights ticket")
+            if weights == "trained" and not trained.exists():
+                raise ticketlib.TicketError(f"no trained weights at {trained} (a ticket from a find job folder has them)")
+            use_trained = weights != "ticket" and arm == "ticket" and trained.exists()
+            model.load_state_dict(load_file(str(trained)) if use_trained else t.weights)
         compact, report = exportlib.compact(model, t.masks, max_density=exportlib.DEFAULT_MAX_DENSITY
                                             if max_density is None else max_density)
         path = exportlib.save(compact, out)
@@ -528,7 +570,8 @@ def show(ticket_dir: Path, check: bool, data_root: str | None) -> None:
     from .task import check_ticket
 
     try:
-        t = ticketlib.load(ticket_dir)
+        with _LocalTicket(ticket_dir) as local:  # a folder, or a models:/ URI fetched into one
+            t = ticketlib.load(local)
         fits = ""
         spec = t.meta.get("task", {})
         if check and isinstance(spec, dict) and spec.get("plugin") in (available := plugins.discover()):
@@ -559,6 +602,79 @@ def show(ticket_dir: Path, check: bool, data_root: str | None) -> None:
     click.echo(f"{'layer'.ljust(w)}  {'shape':>14}  {'kept':>10}  {'total':>10}  density")
     for name, shape, k, n in rows:
         click.echo(f"{name.ljust(w)}  {shape:>14}  {k:>10,}  {n:>10,}  {100 * k / n:6.2f}%")
+
+
+@main.command()
+@click.argument("ticket_dir", metavar="TICKET", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="the registered model to add a version to (created if new)")
+@click.option("--alias", "aliases", multiple=True, metavar="ALIAS",
+              help="point this alias (e.g. champion) at the new version (repeatable)")
+@click.option("--data-root", help="dataset folder, for tasks whose model shape depends on the data")
+def publish(ticket_dir: Path, name: str, aliases: tuple[str, ...], data_root: str | None) -> None:
+    """Register a ticket in the MLflow Model Registry as a new version of model NAME.
+
+    TICKET is a ticket folder (a find job's r0/L03/ticket, or its level folder r0/L03). The version holds
+    the masks, the rewind weights and ticket.json, and from a find job's level the ticket arm's trained
+    weights; it is tagged with task, model, density, level, rewind step, criterion, source run and the
+    metric at early stop, and loads with mlflow.pyfunc.load_model("models:/NAME@ALIAS"). Every command
+    that takes a TICKET takes models:/NAME/VERSION and models:/NAME@ALIAS.
+    """
+    from . import registry
+    from .tracking import Tracker
+
+    try:
+        if (ticket_dir / "ticket" / "ticket.json").is_file() and not (ticket_dir / "masks.safetensors").exists():
+            ticket_dir = ticket_dir / "ticket"  # a level folder (its ticket.json is the arm's record): its ticket
+        tracker = Tracker()
+        tracker.check_reachable()
+        done = registry.publish(ticket_dir, name, tracker, aliases=aliases, data_root=resolve_data_root(data_root))
+    except _errors() as e:
+        raise click.ClickException(str(e)) from None
+    t = done.tags
+    metric = t.get("metric", "accuracy")
+    score = t.get(f"test_{metric}")
+    shown = f", test {metric} at early stop {_fmt(metric, float(score))}" if score is not None else ""
+    click.echo(f"published {ticket_dir} as {done.uri} ({t['task']}, density {100 * float(t['density']):.2f}%, "
+               f"level {t['level']}{shown})")
+    for alias in done.aliases:
+        click.echo(f"{'alias':<13}{registry.PREFIX}{name}@{alias}")
+    click.echo(f"{'source run':<13}{done.run_id} (experiment {done.experiment_id})")
+    if tracker.ui_command():
+        click.echo(f"{'open it':<13}{tracker.ui_command()}")
+    click.echo(f"{'then':<13}{registry.ui_link(tracker, name, done.version)}")
+    ref = f"{registry.PREFIX}{name}@{done.aliases[0]}" if done.aliases else done.uri
+    click.echo(f"{'use it':<13}ticketx transfer {ref} --to PLUGIN/TASK, or "
+               f"mlflow.pyfunc.load_model({ref!r})")
+
+
+@main.command()
+@click.option("--task", "task_name", metavar="PLUGIN/TASK", help="only tickets found on this task")
+@click.option("--max-density", type=click.FloatRange(0, 1), default=None,
+              help="only tickets at or below this density (a share: 0.1 is 10%)")
+def tickets(task_name: str | None, max_density: float | None) -> None:
+    """List the tickets published to the MLflow Model Registry (`ticketx publish`)."""
+    from . import registry
+    from .tracking import Tracker
+
+    try:
+        tracker = Tracker()
+        tracker.check_reachable()
+        rows = registry.search(tracker, task=task_name, max_density=max_density)
+    except _errors() as e:
+        raise click.ClickException(str(e)) from None
+    if not rows:
+        click.echo(f"no published tickets{' matching' if task_name or max_density is not None else ''} in "
+                   f"{tracker.uri} (publish one with: ticketx publish TICKET --name NAME)")
+        return
+    head = ["name", "version", "aliases", "task", "density", "level", "test metric @es"]
+    body = [[r["name"], str(r["version"]), ",".join(r["aliases"]) or "-", r["task"], f"{100 * r['density']:.2f}%",
+             r["level"], f"{r['metric']} {_fmt(r['metric'], float(r['test']))}" if r["test"] is not None else "-"]
+            for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    click.echo("\n".join(lines))
+    click.echo(f"\nuse one as TICKET: models:/NAME/VERSION or models:/NAME@ALIAS (MLflow store {tracker.uri})")
 
 
 @main.command()
@@ -616,7 +732,8 @@ def overlap(first: Path, second: Path) -> None:
     from .analysis import mask_overlap
 
     try:
-        a, b = ticketlib.load(first), ticketlib.load(second)
+        with _LocalTicket(first) as local_a, _LocalTicket(second) as local_b:  # folders or models:/ URIs
+            a, b = ticketlib.load(local_a), ticketlib.load(local_b)
         result = mask_overlap(a.masks, b.masks)
     except _errors() as e:
         raise click.ClickException(str(e)) from None
@@ -677,7 +794,8 @@ def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int,
         on, where = _job_device(cfg, task)
         masks = None
         if ticket_dir is not None:
-            t = ticketlib.load(ticket_dir)
+            with _LocalTicket(ticket_dir) as local:  # a folder, or a models:/ URI fetched into one
+                t = ticketlib.load(local)
             model = task.build_model(cfg.init_seed(0))
             check_ticket(task, t, model)
             masks = t.masks

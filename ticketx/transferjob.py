@@ -79,7 +79,8 @@ def _pick_levels(found: Mapping[int, Any], scores: Mapping[int, float], levels: 
 
 def resolve(ref: str, tracker: Tracker, spec: MetricSpec, *, levels: str | None, workdir: Path,
             arm: str = "ticket") -> list[Source]:
-    """Tickets named by `ref`: a ticket folder, a find job folder, a `runs:/` URI, or `RUN_ID[@LEVEL]`.
+    """Tickets named by `ref`: a ticket folder, a find job folder, a `runs:/` URI, a registered ticket
+    (`models:/NAME/VERSION`, `models:/NAME@ALIAS`), or `RUN_ID[@LEVEL]`.
 
     A job (folder or parent run id) gives its replicate-0 tickets at `levels` ("all", "1,3"), or at the
     pruned level with the best validation metric when none is named: the IMP tickets, or with `arm` the
@@ -113,6 +114,12 @@ def resolve(ref: str, tracker: Tracker, spec: MetricSpec, *, levels: str | None,
             chosen = _pick_levels(found, scores, levels, spec.higher_is_better, f"find job {path}")
             return [Source(lv, ticketlib.load(found[lv]), str(found[lv])) for lv in chosen]
         raise TicketError(f"{path}: neither a ticket folder ({ticketlib.META}) nor a find job folder (job.json)")
+    if ref.startswith("models:/"):  # a ticket published to the Model Registry (`ticketx publish`)
+        from . import registry
+        if levels:
+            raise TicketError(f"{ref} is a single registered ticket; --levels applies to a find job (folder or run id)")
+        t = registry.load(ref, tracker, workdir / "models")
+        return [Source(int(t.meta.get("level", 0)), t, ref)]
     if ref.startswith("runs:/"):
         run_id, _, artifact = ref[len("runs:/"):].partition("/")
         local = tracker.download(tracker.get_run(run_id).info.run_id, artifact or "ticket", workdir / run_id)
@@ -121,7 +128,7 @@ def resolve(ref: str, tracker: Tracker, spec: MetricSpec, *, levels: str | None,
     run_id, at, level = ref.partition("@")
     if not _RUN_ID.match(run_id):
         raise TicketError(f"{ref!r} is not a ticket folder, a find job folder, a runs:/ URI or an MLflow run id "
-                          "(RUN_ID or RUN_ID@LEVEL)")
+                          "(RUN_ID or RUN_ID@LEVEL, or models:/NAME/VERSION or models:/NAME@ALIAS)")
     if at and levels:
         raise TicketError(f"give the level either as {ref} or with --levels, not both")
     run = tracker.get_run(run_id)
