@@ -109,8 +109,11 @@ def _on_term(signum: int, frame: Any) -> None:
     """SIGTERM in a worker (the CLI forwards the job's SIGTERM or SIGHUP): a unit in training stops as on
     Ctrl-C (KeyboardInterrupt: its run is marked KILLED); an idle worker ends quietly."""
     global _stopping
-    if _stopping:
-        return  # the first one is being handled
+    if _stopping:  # again (the pool terminating its workers): the first is being handled, but not forever
+        if not _busy:
+            os._exit(128 + signum)
+        threading.Timer(10.0, os._exit, args=(128 + signum,)).start()  # time to mark the run KILLED
+        return
     _stopping = True
     if _busy:
         from .signals import interrupt
@@ -158,6 +161,8 @@ def _run_unit(key: Key) -> dict[str, Any]:
         return _runner(key)
     finally:
         _busy = False
+        if _stopping:  # told to stop: never back to waiting for work, which the pool may never send
+            os._exit(128 + signal.SIGTERM)
 
 
 class Backend(Protocol):
