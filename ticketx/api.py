@@ -152,8 +152,7 @@ def transfer(ticket: PathLike | Result, to: PathLike | Mapping[str, Any], overri
         levels = str(levels)
     elif levels is not None and not isinstance(levels, str):
         levels = ",".join(str(x) for x in levels)
-    tracker = Tracker(tracking_uri)
-    tracker.check_reachable()
+    tracker = Tracker.checked(tracking_uri)
     changes = _overrides(overrides, device)
     fetch = transferlib.workdir()
     try:

@@ -47,8 +47,7 @@ class _LocalTicket:
         import tempfile
 
         from .tracking import Tracker
-        tracker = Tracker()
-        tracker.check_reachable()
+        tracker = Tracker.checked()
         self.tmp = Path(tempfile.mkdtemp(prefix="ticketx-models-"))
         try:
             self.folder = registry.fetch(self.ref, tracker, self.tmp)
@@ -330,8 +329,7 @@ def find(recipe: Path, overrides: tuple[str, ...], experiment: str | None, data_
         _, where = _job_device(cfg, task)
         from . import findjob as findlib  # MLflow: imported once the recipe and task are known good
         from .tracking import Tracker
-        tracker = Tracker()
-        tracker.check_reachable()
+        tracker = Tracker.checked()
         click.echo(f"ticketx find {cfg.name}: {cfg.task.plugin}/{cfg.task.name}, {cfg.prune.levels} levels "
                    f"x {len(cfg.arms)} arms x {cfg.replicates} replicate(s), {cfg.train.steps} steps each, "
                    f"on {where}; MLflow store {tracker.uri}")
@@ -382,8 +380,7 @@ def transfer(ticket_ref: str, to: str, overrides: tuple[str, ...], levels: str |
     try:
         check_writable(out, "job folders")  # before anything trains or opens a run
         fetch = transferlib.workdir()  # an unwritable $TMPDIR is an error like any other
-        tracker = Tracker()
-        tracker.check_reachable()
+        tracker = Tracker.checked()
         available = plugins.discover()
         cfg = transferlib.target_config(to, transferlib.peek(ticket_ref, tracker, fetch),
                                         _with_device(overrides, device))
@@ -625,8 +622,7 @@ def publish(ticket_dir: Path, name: str, aliases: tuple[str, ...], data_root: st
     try:
         if (ticket_dir / "ticket" / "ticket.json").is_file() and not (ticket_dir / "masks.safetensors").exists():
             ticket_dir = ticket_dir / "ticket"  # a level folder (its ticket.json is the arm's record): its ticket
-        tracker = Tracker()
-        tracker.check_reachable()
+        tracker = Tracker.checked()
         done = registry.publish(ticket_dir, name, tracker, aliases=aliases, data_root=resolve_data_root(data_root))
     except _errors() as e:
         raise click.ClickException(str(e)) from None
@@ -657,8 +653,7 @@ def tickets(task_name: str | None, max_density: float | None) -> None:
     from .tracking import Tracker
 
     try:
-        tracker = Tracker()
-        tracker.check_reachable()
+        tracker = Tracker.checked()
         rows = registry.search(tracker, task=task_name, max_density=max_density)
     except _errors() as e:
         raise click.ClickException(str(e)) from None
@@ -708,8 +703,7 @@ def report(ref: str, out: Path, log: bool) -> None:
         tracker = None
         if needs_store(ref, log):  # a job folder with --no-log needs no store
             try:
-                tracker = Tracker()
-                tracker.check_reachable()
+                tracker = Tracker.checked()
             except TrackingError as e:
                 if Path(ref).expanduser().is_dir():
                     raise TrackingError(f"{e}; or pass --no-log to write the report without logging it") from None
@@ -787,8 +781,7 @@ def instability(recipe: Path, rewind: str, ticket_dir: Path | None, points: int,
         inst.check(cfg, ks)
         # the output folder and the store before anything trains: a failure after training loses it
         folder = check_writable(inst.folder(out, cfg, ks, points, ticket_dir), "instability.csv and .png")
-        tracker = Tracker()
-        tracker.check_reachable()
+        tracker = Tracker.checked()
         task = plugins.make_task(cfg.task.plugin, cfg.task.name, cfg.task.options,
                                  available=plugins.discover(), data_root=resolve_data_root(data_root))
         on, where = _job_device(cfg, task)

@@ -59,6 +59,17 @@ def _script_hint() -> str:
             "`if __name__ == \"__main__\":` (each worker process imports the script), or pass workers=1")
 
 
+def worker_task(config: Any, data_root: Any) -> tuple[Any, str]:
+    """In a worker: the job's task rebuilt through its plugin from `config.task`, its data prepared, and
+    the device this worker trains on (GPU `worker_index() mod count` under CUDA)."""
+    from . import devices, plugins
+    c = config
+    task = plugins.make_task(c.task.plugin, c.task.name, c.task.options, available=plugins.discover(),
+                             data_root=data_root)
+    task.prepare()
+    return task, devices.job_device(c.train.device, task, worker=worker_index(), precision=c.train.precision)
+
+
 def job_workers(option: int | None, backend: str = "local", cfg: Any = None, task: Any = None) -> int:
     """How many workers a job runs: `option` (--workers) when given; else one per core, and on CUDA
     GPU_WORKERS per GPU the job may use (at most one per core); on Ray 0, one per CPU of the cluster."""

@@ -180,6 +180,14 @@ class Tracker:
             raise _store_error(where, e) from None
         self.uri = self.client.tracking_uri
 
+    @classmethod
+    def checked(cls, uri: str | None = None) -> Tracker:
+        """A Tracker on `uri` (default: MLFLOW_TRACKING_URI, else MLflow's local store) whose server answered:
+        what a command opens before it reads or trains anything."""
+        tracker = cls(uri)
+        tracker.check_reachable()
+        return tracker
+
     def check_reachable(self, timeout: float = 5.0) -> None:
         """Fail fast, naming the URI, when an HTTP tracking server does not answer."""
         if not self.uri.startswith(("http://", "https://")):

@@ -388,12 +388,8 @@ class _Work:
     wants_gpu: bool = False  # the job trains on CUDA: the Ray backend gives each actor a share of a GPU
 
     def build(self, progress: Progress) -> Callable[[Any], dict[str, Any]]:
-        from . import plugins
         c = self.config
-        target = plugins.make_task(c.task.plugin, c.task.name, c.task.options, available=plugins.discover(),
-                                   data_root=self.data_root)
-        target.prepare()
-        device = devices.job_device(c.train.device, target, worker=pool.worker_index(), precision=c.train.precision)
+        target, device = pool.worker_task(c, self.data_root)
         job = _job(c, target, Tracker(self.tracker_uri), self.root, self.experiment, progress, self.sources,
                    self.identity, self.digest, device)
         job.parent, job.exp_id = self.parent, self.exp_id
