@@ -206,6 +206,7 @@ def _job_metrics(ref: str, tracker: Any) -> MetricSpec:
     """The metric a find job was judged by, as its parent run's tags record it (accuracy, higher, else)."""
     import json
 
+    from .tracking import tagged_metric
     from .transferjob import _RUN_ID
     run_id = ""
     path = Path(ref).expanduser()
@@ -216,7 +217,7 @@ def _job_metrics(ref: str, tracker: Any) -> MetricSpec:
         run_id = ref.partition("@")[0]
     if run_id and tracker.exists(run_id):
         tags = tracker.get_run(run_id).data.tags
-        if "ticketx.metric" in tags:
-            return MetricSpec(primary=tags["ticketx.metric"],
-                              higher_is_better=tags.get("ticketx.metric_higher", "true") == "true")
+        found = tagged_metric(tags)
+        if found is not None:
+            return MetricSpec(primary=found[0], higher_is_better=found[1])
     return MetricSpec()

@@ -32,7 +32,7 @@ from .earlybird import EarlyBird
 from .files import atomic_write, write_csv, write_json
 from .signals import held
 from .task import Masks, MetricSpec, Plan, StopTraining, Task, TaskError
-from .tracking import Tracker, git_commit
+from .tracking import Tracker, git_commit, metric_tags
 
 Progress = Callable[[str, Mapping[str, Any]], None]  # (event, info): resume, start, eval, done, skip
 
@@ -194,8 +194,8 @@ class Job:
             self.progress("resume", {"job_dir": str(self.dir), "run_id": parent})
         else:
             spec = self.task.metrics
-            tags = {"ticketx.kind": self.kind, **identity, "ticketx.metric": spec.primary,
-                    "ticketx.metric_higher": str(spec.higher_is_better).lower(), **self.tags}
+            tags = {"ticketx.kind": self.kind, **identity, **metric_tags(spec.primary, spec.higher_is_better),
+                    **self.tags}
             commit = git_commit(Path.cwd())
             if commit:
                 tags["mlflow.source.git.commit"] = tags["ticketx.git_commit"] = commit

@@ -98,7 +98,9 @@ def _level_record(ticket_dir: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
 def _primary(tracker: Any, parent: str | None) -> str:
     """The find job's primary metric, as its parent run's tag records it ("accuracy" when unknown)."""
     if parent and tracker.exists(parent):
-        return tracker.get_run(parent).data.tags.get("ticketx.metric", "accuracy")
+        from .tracking import tagged_metric
+        found = tagged_metric(tracker.get_run(parent).data.tags)
+        return found[0] if found is not None else "accuracy"
     return "accuracy"
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from . import arms as armlib
 from .files import write_csv
-from .tracking import Tracker, TrackingError
+from .tracking import Tracker, TrackingError, tagged_metric
 # the primary metric by the names a job logs, for jobs recorded before the ticketx.metric tag existed
 KNOWN_METRICS = {"accuracy": True, "return": True, "perplexity": False, "loss": False}
 
@@ -143,10 +143,7 @@ def from_run(tracker: Tracker, run_id: str) -> JobData:
         records.append(rec)
     if not records:
         raise ReportError(f"MLflow run {run_id} ({parent.info.run_name}) has no finished arm yet")
-    if "ticketx.metric" in tags:
-        primary, higher = tags["ticketx.metric"], tags.get("ticketx.metric_higher", "true") == "true"
-    else:
-        primary, higher = _infer_metric(k for r in records for k in r)
+    primary, higher = tagged_metric(tags) or _infer_metric(k for r in records for k in r)
     name = (parent.info.run_name or run_id).split(" ", 1)[-1]
     return JobData(kind=tags["ticketx.kind"], name=name, run_id=run_id, primary=primary,
                    higher_is_better=higher, records=records, experiment_id=exp_id)

@@ -161,6 +161,19 @@ def _store_error(uri: str, e: BaseException) -> TrackingError:
     return TrackingError(f"cannot open the MLflow tracking store {uri!r}{source}: {why}; {URI_HELP}")
 
 
+def metric_tags(primary: str, higher_is_better: bool) -> dict[str, str]:
+    """The tags a job's parent run records its result metric in (read back by `tagged_metric`)."""
+    return {"ticketx.metric": primary, "ticketx.metric_higher": str(higher_is_better).lower()}
+
+
+def tagged_metric(tags: Mapping[str, str]) -> tuple[str, bool] | None:
+    """(primary metric, higher is better) as a job's parent run tags record them; None where they do not
+    (jobs recorded before the tags existed)."""
+    if "ticketx.metric" not in tags:
+        return None
+    return tags["ticketx.metric"], tags.get("ticketx.metric_higher", "true") == "true"
+
+
 class Tracker:
     """An MLflow tracking store and the few operations a job needs of it."""
 
